@@ -1,0 +1,45 @@
+# dpmsched — every target sets up .venv first (CPU torch, the package with [dev]); re-runs skip the install.
+SHELL  := /bin/bash
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.dpmsched-installed
+TORCH  ?= torch==2.13.0
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+# two pytest workers on a 2-core machine, one torch thread each
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup demo test test-py test-nb lab strip clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+## make demo: run the notebook series with CPU defaults into runs/ and print a summary
+demo: $(STAMP)
+	$(PY) -m dpmsched demo --out runs $(NOTEBOOKS)
+
+## make test: unit/property/notebook tests (pytest over tests/, nbval over notebooks/)
+test: test-py test-nb
+
+test-py: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q -n $(PYTEST_WORKERS)
+
+test-nb: $(STAMP)
+	$(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks
+
+## make lab: open JupyterLab on the notebooks
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks
+
+## make strip: remove outputs from the stored notebooks, refreshing the NBVAL_CHECK_OUTPUT cells
+strip: $(STAMP)
+	$(PY) -m dpmsched strip --refresh $(NOTEBOOKS)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,34 @@
+"""The command line: ``python -m dpmsched <command> [options]``  (DESIGN.md §1).
+
+Each command lives in the module that owns the idea; this table only names it, so that
+``python -m dpmsched --help`` stays fast and a command imports only what it needs.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: command → (module, function taking argv and returning an exit code, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "demo": ("dpmsched.batch", "cli_demo", "run every notebook with papermill into runs/ and print a summary"),
+    "strip": ("dpmsched.batch", "cli_strip", "store notebooks without outputs (--refresh: re-run checked cells)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m dpmsched <command> [options]\n\ncommands:")
+        for name, (_, _, text) in sorted(COMMANDS.items()):
+            print(f"  {name:<14} {text}")
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"unknown command {cmd!r}; expected one of {sorted(COMMANDS)}", file=sys.stderr)
+        return 2
+    mod, fn, _ = COMMANDS[cmd]
+    return int(getattr(importlib.import_module(mod), fn)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Running notebooks unattended: parameter checks, results files, the demo run.  (DESIGN.md §4, §6)
+
+Notebook conventions (every notebook in ``notebooks/`` follows them):
+
+* the first code cell is tagged ``parameters`` and holds only typed, commented assignments
+  (``steps: int = 5  # number of solver steps``), including ``figures_dir: str = ""`` and
+  ``results_json: str = ""``; papermill's parser gives up on a line with a second ``=``, so the
+  comments contain no ``=``;
+* the next cell calls ``check_parameters(globals())``: a papermill parameter of the wrong type or an
+  unknown name fails right there with a message naming it (papermill itself only warns);
+* the last cell calls ``save_results(results, results_json)`` with a flat dict of the numbers the
+  notebook computed, so sweeps and the demo summary can read them.
+
+papermill is imported lazily: ``import dpmsched`` does not need it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from .checkpoints import atomic_write_text
+
+__all__ = ["check_parameters", "save_results", "run_notebook", "run_all", "strip_notebook", "cli_demo", "cli_strip"]
+
+_IPY_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+def check_parameters(namespace: dict) -> dict:
+    """Validate the notebook's parameters against the annotations of its ``parameters`` cell.
+
+    Call it in the cell right after the parameters cell (and papermill's injected cell).  Raises
+    ``TypeError`` for a value whose type does not match its annotation (an int is accepted for a
+    float; a bool is never an int), and ``NameError`` for a name that is not a declared parameter.
+    Returns ``{name: value}`` of the declared parameters.
+    """
+    ann = dict(namespace.get("__annotations__", {}))
+    if not ann:
+        raise RuntimeError("no annotated parameters found: run the 'parameters' cell first")
+    unknown = sorted(k for k in namespace if not k.startswith("_") and k not in ann and k not in _IPY_NAMES)
+    if unknown:
+        raise NameError(f"unknown parameter(s) {unknown}; this notebook takes {sorted(ann)}")
+    out = {}
+    for name, typ in ann.items():
+        if name not in namespace:
+            raise NameError(f"parameter {name!r} is declared but has no value")
+        v = namespace[name]
+        ok = isinstance(v, typ) and not (typ is int and isinstance(v, bool))
+        if typ is float and isinstance(v, int) and not isinstance(v, bool):
+            ok = True
+        if not ok:
+            tname = getattr(typ, "__name__", str(typ))
+            raise TypeError(f"parameter {name!r} must be {tname}, got {type(v).__name__} {v!r}")
+        out[name] = v
+    return out
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:   # numpy / torch scalars
+        v = v.item()
+    if hasattr(v, "tolist"):
+        return _jsonable(v.tolist())
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def save_results(results: dict, path: str) -> dict:
+    """Write the notebook's ``results`` dict as JSON to ``path`` atomically (no-op if ``path`` is "")."""
+    clean = _jsonable(results)
+    if path:
+        atomic_write_text(path, json.dumps(clean, indent=1, sort_keys=True))
+    return clean
+
+
+def run_notebook(path, out_path, parameters: dict | None = None, results_json=None, cwd=None,
+                 progress_bar: bool = False) -> dict:
+    """Execute one notebook with papermill; returns ``{"notebook", "seconds", "results", "error"}``.
+
+    ``results_json`` (a path) is passed to the notebook as its ``results_json`` parameter and read
+    back afterwards.  The notebook runs with its own folder as working directory unless ``cwd``.
+    """
+    import papermill as pm
+
+    path, out_path = Path(path), Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    params = dict(parameters or {})
+    if results_json is not None:
+        params["results_json"] = str(Path(results_json).resolve())
+    t0 = time.perf_counter()
+    error = None
+    try:
+        pm.execute_notebook(str(path), str(out_path), parameters=params, cwd=str(cwd or path.parent),
+                            progress_bar=progress_bar, kernel_name="python3")
+    except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
+        error = f"{type(e).__name__}: {e}"
+    seconds = time.perf_counter() - t0
+    results = {}
+    if results_json is not None and Path(results_json).exists() and error is None:
+        results = json.loads(Path(results_json).read_text())
+    return {"notebook": path.name, "seconds": seconds, "results": results, "error": error}
+
+
+def run_all(notebooks, out_dir="runs", parameters: dict | None = None) -> list[dict]:
+    """Run each notebook into ``out_dir/<name>.ipynb`` (results in ``<name>.results.json``)."""
+    out_dir = Path(out_dir).resolve()
+    rows = []
+    for nb in notebooks:
+        nb = Path(nb)
+        print(f"running {nb} ...", flush=True)
+        params = {"figures_dir": str(out_dir / "figures")} | dict(parameters or {})
+        row = run_notebook(nb, out_dir / nb.name, params, results_json=out_dir / f"{nb.stem}.results.json")
+        print(f"  {'FAILED' if row['error'] else 'ok'} in {row['seconds']:.1f} s", flush=True)
+        rows.append(row)
+    return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+    """A markdown table: notebook, status, seconds, and each notebook's ``headline`` result."""
+    lines = ["| notebook | status | seconds | headline |", "|---|---|---|---|"]
+    for r in rows:
+        status = "FAILED" if r["error"] else "ok"
+        head = r["results"].get("headline", "") if r["results"] else (r["error"] or "")[:120]
+        lines.append(f"| {r['notebook']} | {status} | {r['seconds']:.1f} | {head} |")
+    total = sum(r["seconds"] for r in rows)
+    lines.append(f"| **total** | {sum(not r['error'] for r in rows)}/{len(rows)} ok | {total:.1f} | |")
+    return "\n".join(lines)
+
+
+def strip_notebook(path, refresh: bool = False) -> bool:
+    """Remove outputs and execution counts from a stored notebook, except in ``NBVAL_CHECK_OUTPUT`` cells.
+
+    With ``refresh=True`` the notebook is first executed with its defaults and the outputs of the
+    ``NBVAL_CHECK_OUTPUT`` cells (the numbers nbval compares) are stored from that run.
+    Returns True when the file changed.
+    """
+    import tempfile
+
+    import nbformat
+
+    path = Path(path)
+    before = path.read_text(encoding="utf-8")
+    nb = nbformat.reads(before, as_version=4)
+    fresh = None
+    if refresh:
+        with tempfile.TemporaryDirectory() as tmp:
+            row = run_notebook(path, Path(tmp) / path.name)
+            if row["error"]:
+                raise RuntimeError(f"{path.name} failed while refreshing its outputs:\n{row['error']}")
+            fresh = nbformat.read(Path(tmp) / path.name, as_version=4)
+    for i, c in enumerate(nb.cells):
+        if c.cell_type != "code":
+            continue
+        keep = "NBVAL_CHECK_OUTPUT" in c.source
+        if keep and fresh is not None:
+            c.outputs = [o for o in fresh.cells[i].outputs if o.get("output_type") != "display_data"]
+            for o in c.outputs:
+                o.pop("execution_count", None)
+        elif not keep:
+            c.outputs = []
+        # nbval skips a reference cell with outputs but no execution count ("unrun")
+        c.execution_count = 1 if keep and c.outputs else None
+        c.metadata.pop("execution", None)
+        c.metadata.pop("papermill", None)
+    nb.metadata.pop("papermill", None)
+    after = nbformat.writes(nb) + "\n"
+    if after != before:
+        path.write_text(after, encoding="utf-8")
+    return after != before
+
+
+def cli_strip(argv: list[str]) -> int:
+    """``python -m dpmsched strip [--refresh] NOTEBOOK...``: store notebooks without outputs."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m dpmsched strip", description=cli_strip.__doc__)
+    p.add_argument("notebooks", nargs="+")
+    p.add_argument("--refresh", action="store_true",
+                   help="re-execute and store the outputs of NBVAL_CHECK_OUTPUT cells")
+    a = p.parse_args(argv)
+    for nb in a.notebooks:
+        print(f"{nb}: {'stripped' if strip_notebook(nb, a.refresh) else 'unchanged'}")
+    return 0
+
+
+def cli_demo(argv: list[str]) -> int:
+    """``python -m dpmsched demo [--out runs] [notebooks...]``: run the notebook series (CPU defaults)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m dpmsched demo", description=cli_demo.__doc__)
+    p.add_argument("notebooks", nargs="*", help="default: notebooks/[0-9]*.ipynb")
+    p.add_argument("--out", default="runs", help="output folder (default: runs)")
+    a = p.parse_args(argv)
+    nbs = [Path(n) for n in a.notebooks] or sorted(Path("notebooks").glob("[0-9]*.ipynb"))
+    if not nbs:
+        print("no notebooks found")
+        return 1
+    rows = run_all(nbs, a.out)
+    table = summary_table(rows)
+    atomic_write_text(Path(a.out) / "summary.md", table + "\n")
+    print("\n" + table)
+    print(f"\nexecuted notebooks: {Path(a.out).resolve()}/\nfigures:            {Path(a.out).resolve()}/figures/")
+    for r in rows:
+        if r["error"]:
+            print(f"\n{r['notebook']} failed:\n{r['error']}")
+    return 1 if any(r["error"] for r in rows) else 0

@@ -1,0 +1,67 @@
+"""Notebook checks: stored without outputs, typed parameters, papermill runs with non-default parameters."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from dpmsched.batch import run_notebook
+
+NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(NB_DIR.glob("[0-9]*.ipynb"))
+
+#: the smallest (fastest) non-default parameters of each notebook, and a results key that must appear
+SMALL = {
+    "01_theorem.ipynb": ({"steps": 3, "rho": 3.0, "mixture": "grid", "n_samples": 64, "gauss_steps": 5,
+                          "data_std": 1.0, "seed": 1}, "bound_optimal"),
+}
+
+
+def test_every_notebook_has_small_parameters():
+    assert {p.name for p in NOTEBOOKS} <= set(SMALL), "add the new notebook to SMALL"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        if "NBVAL_CHECK_OUTPUT" in c.source:
+            continue
+        assert not c.get("outputs"), f"{path.name}: a cell has stored outputs:\n{c.source[:80]}"
+        assert c.get("execution_count") is None, f"{path.name}: a cell has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_is_typed_and_commented(path):
+    import papermill as pm
+
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
+    assert "check_parameters(globals())" in code[1].source
+    params = pm.inspect_notebook(str(path))
+    assert {"results_json", "figures_dir"} <= set(params)
+    for name, p in params.items():
+        assert p["inferred_type_name"] in {"int", "float", "str", "bool"}, (name, p)
+        assert p["help"].strip(), f"parameter {name} has no comment"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_with_small_parameters(path, tmp_path):
+    params, key = SMALL[path.name]
+    res = run_notebook(path, tmp_path / path.name, params, results_json=tmp_path / "r.json")
+    assert res["error"] is None, res["error"]
+    assert key in res["results"]
+    assert json.loads((tmp_path / "r.json").read_text()) == res["results"]
+
+
+@pytest.mark.slow
+def test_papermill_rejects_bad_parameters(tmp_path):
+    path = NOTEBOOKS[0]
+    res = run_notebook(path, tmp_path / "a.ipynb", {"steps": "5"})
+    assert res["error"] and "parameter 'steps' must be int, got str" in res["error"]
+    res = run_notebook(path, tmp_path / "b.ipynb", {"stepz": 5})
+    assert res["error"] and "unknown parameter(s) ['stepz']" in res["error"]

@@ -1,0 +1,108 @@
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dpmsched import Schedule, data, metrics, solvers
+from dpmsched.denoisers.exact import Gaussian
+
+
+def _order(solver, den, z, ks=(8, 16, 32, 64)):
+    exact = den.ode_solution(80.0 * z, 80.0, 0.002)
+    errs = [float((solver(den, 80.0 * z, Schedule.karras(k)) - exact).abs().max()) for k in ks]
+    return np.polyfit(np.log(ks), np.log(errs), 1)[0], errs
+
+
+def test_euler_and_heun_orders_on_gaussian():
+    den = Gaussian(0.5, dim=1)
+    z = torch.randn(64, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    p1, _ = _order(solvers.euler, den, z)
+    p2, _ = _order(solvers.heun, den, z)
+    p4, _ = _order(solvers.rk4, den, z, ks=(8, 16, 32))
+    assert abs(-p1 - 1) < 0.3 and abs(-p2 - 2) < 0.3 and abs(-p4 - 4) < 0.5, (p1, p2, p4)
+
+
+def test_reference_is_accurate():
+    den = Gaussian(0.5, dim=3)
+    z = torch.randn(128, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = solvers.reference(den, 80.0 * z, 80.0, 0.002)
+    assert float((ref - den.ode_solution(80.0 * z, 80.0, 0.002)).abs().max()) < 2e-6
+
+
+def test_callback_and_denoise_to_zero():
+    den = data.mixture_2d("ring")
+    x = 80.0 * torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seen = []
+    s = Schedule.karras(4)
+    out = solvers.euler(den, x, s, callback=seen.append, denoise_to_zero=True)
+    assert [d["i"] for d in seen] == [0, 1, 2, 3, 4]
+    assert [d["sigma"] for d in seen] == pytest.approx(list(s.sigmas))
+    assert torch.equal(out, seen[-1]["denoised"])
+    assert len(seen) == s.nfe("euler", denoise_to_zero=True)
+    with pytest.raises(ValueError, match="denoise_to_zero needs"):
+        solvers.euler(den, x, s.with_final_zero(), denoise_to_zero=True)
+
+
+def test_heun_nfe_matches_calls():
+    calls = []
+    den = data.mixture_2d("ring")
+
+    def counting(x, s):
+        calls.append(1)
+        return den(x, s)
+
+    x = 80.0 * torch.randn(4, 2, dtype=torch.float64)
+    for s in (Schedule.karras(5), Schedule.karras(5).with_final_zero()):
+        calls.clear()
+        solvers.heun(counting, x, s)
+        assert len(calls) == s.nfe("heun")
+
+
+def test_final_zero_euler_returns_last_denoised():
+    den = data.mixture_2d("ring")
+    x = 80.0 * torch.randn(4, 2, dtype=torch.float64)
+    seen = []
+    out = solvers.euler(den, x, Schedule.karras(3).with_final_zero(), callback=seen.append)
+    assert torch.equal(out, seen[-1]["denoised"])
+
+
+def test_nan_state_raises_with_step():
+    def bad(x, s):
+        return x * float("nan") if float(s) < 1.0 else x * 0
+
+    x = 80.0 * torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(FloatingPointError, match="step 2"):
+        solvers.euler(bad, x, Schedule([80.0, 5.0, 0.5, 0.01]))
+
+
+def test_registry():
+    assert solvers.get("euler") is solvers.euler
+    with pytest.raises(ValueError, match="unknown solver 'foo'"):
+        solvers.get("foo")
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        solvers.euler(lambda x, s: x, torch.zeros(2, 2), torch.tensor([1.0, 2.0]))
+
+
+def test_metrics():
+    a = torch.zeros(10, 3)
+    b = torch.full((10, 3), 2.0)
+    assert metrics.truncation_error(a, b) == pytest.approx(2.0)
+    assert metrics.truncation_error(a, b, per_sample=True).shape == (10,)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4000, 2, generator=g), torch.randn(3000, 2, generator=g)
+    assert metrics.sliced_wasserstein(x, y) < 0.05
+    assert metrics.sliced_wasserstein(x, y + 1.0) == pytest.approx(1.0, abs=0.1)
+    mix = data.mixture_2d("ring")
+    good = mix.sample(4000, g)
+    assert metrics.gmm_nll(good, mix) < metrics.gmm_nll(good * 1.1, mix)
+
+
+def test_import_is_light():
+    code = ("import sys, dpmsched; import dpmsched.solvers, dpmsched.theory, dpmsched.data, dpmsched.metrics; "
+            "bad = [m for m in ('diffusers', 'jupyter_client', 'ipykernel', 'ipywidgets', 'matplotlib', 'papermill') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
