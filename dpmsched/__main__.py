@@ -11,6 +11,7 @@ import sys
 #: command → (module, function taking argv and returning an exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("dpmsched.batch", "cli_demo", "run every notebook with papermill into runs/ and print a summary"),
+    "optimize": ("dpmsched.optimize", "cli_optimize", "optimize a schedule for a model and solver; writes JSON"),
     "strip": ("dpmsched.batch", "cli_strip", "store notebooks without outputs (--refresh: re-run checked cells)"),
 }
 

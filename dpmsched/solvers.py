@@ -11,8 +11,9 @@ Every solver has the same signature::
   ``{"i": step, "sigma": σ_i, "x": state, "denoised": D(x_i; σ_i)}``.
 * ``denoise_to_zero`` — one extra evaluation ``x ← D(x; σ_N)`` at the end (+1 NFE).
 
-Coefficients are computed in float64 from the schedule; the state keeps the dtype of ``x``.
-A NaN/Inf state raises ``FloatingPointError`` naming the step.
+Coefficients are computed in float64 from the schedule as 0-d tensors (so the state keeps the dtype
+of ``x`` and the solve is differentiable in ``sigmas`` when it requires grad); a NaN/Inf state raises
+``FloatingPointError`` naming the step.
 
 The PF-ODE in σ (EDM form) is ``dx/dσ = (x − D(x;σ))/σ``  (§0.2).
 """
@@ -27,9 +28,17 @@ __all__ = ["euler", "heun", "rk4", "reference", "get", "nfe", "SOLVERS"]
 
 # -- shared plumbing ----------------------------------------------------------------------------
 def as_sigmas(sigmas) -> torch.Tensor:
-    """A validated float64 CPU tensor of σ's from a Schedule, array or tensor (validation by Schedule)."""
+    """A validated float64 tensor of σ's from a Schedule, array or tensor (validation by Schedule).
+
+    A tensor that requires grad is returned as float64 *with its graph*, so that a solver written
+    with tensor coefficients (``s[i + 1] / s[i]``, never ``float(...)``) is differentiable in the
+    schedule — what the LD3-style direct optimizer backpropagates through.
+    """
     from .schedules import Schedule
 
+    if isinstance(sigmas, torch.Tensor) and sigmas.requires_grad:
+        Schedule(sigmas.detach())                      # validate the values; keep the graph
+        return sigmas.to(torch.float64)
     if not isinstance(sigmas, Schedule):
         sigmas = Schedule(sigmas)
     return torch.from_numpy(sigmas.sigmas.copy())
@@ -65,7 +74,7 @@ def euler(denoiser, x, sigmas, *, callback=None, denoise_to_zero=False):
     for i in range(len(s) - 1):
         denoised = denoiser(x, s[i])
         _emit(callback, i, s[i], x, denoised)
-        r = float(s[i + 1] / s[i])
+        r = s[i + 1] / s[i]
         x = check_finite(r * x + (1.0 - r) * denoised, i)
     return _final(denoiser, x, s, denoise_to_zero, callback)
 
@@ -80,11 +89,11 @@ def heun(denoiser, x, sigmas, *, callback=None, denoise_to_zero=False):
     for i in range(len(s) - 1):
         denoised = denoiser(x, s[i])
         _emit(callback, i, s[i], x, denoised)
-        d = (x - denoised) / float(s[i])
-        dt = float(s[i + 1] - s[i])
+        d = (x - denoised) / s[i]
+        dt = s[i + 1] - s[i]
         x_next = x + dt * d                                    # Euler step
         if s[i + 1] > 0:                                       # apply 2nd order correction
-            d2 = (x_next - denoiser(x_next, s[i + 1])) / float(s[i + 1])
+            d2 = (x_next - denoiser(x_next, s[i + 1])) / s[i + 1]
             x_next = x + dt * 0.5 * (d + d2)
         x = check_finite(x_next, i)
     return _final(denoiser, x, s, denoise_to_zero, callback)
@@ -106,7 +115,7 @@ def rk4(denoiser, x, sigmas, *, callback=None, denoise_to_zero=False):
         return x - denoiser(x, torch.exp(ti))
 
     for i in range(len(s) - 1):
-        h = float(t[i + 1] - t[i])
+        h = t[i + 1] - t[i]
         tm = 0.5 * (t[i] + t[i + 1])
         denoised = denoiser(x, s[i])
         _emit(callback, i, s[i], x, denoised)

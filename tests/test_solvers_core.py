@@ -106,3 +106,42 @@ def test_import_is_light():
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_euler_is_differentiable_in_the_schedule():
+    den = Gaussian(0.5, dim=1)
+    z = torch.randn(32, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = den.ode_solution(80.0 * z, 80.0, 0.002)
+    base = Schedule.karras(4).sigmas
+
+    def loss(mid):
+        s = torch.cat([torch.tensor([80.0], dtype=torch.float64), mid, torch.tensor([0.002], dtype=torch.float64)])
+        return ((solvers.euler(den, 80.0 * z, s) - exact) ** 2).mean()
+
+    mid = torch.tensor(base[1:-1], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(loss(mid), mid)
+    for j in range(3):
+        e = torch.zeros(3, dtype=torch.float64)
+        e[j] = 1e-6 * base[j + 1]
+        fd = (loss(mid.detach() + e) - loss(mid.detach() - e)) / (2 * e[j])
+        assert float(g[j]) == pytest.approx(float(fd), rel=1e-5)
+    # float32 states stay float32 with float64 coefficients
+    assert solvers.euler(den, 80.0 * z.float(), Schedule.karras(4)).dtype == torch.float32
+
+
+def test_model_registry_and_optimize_cli(tmp_path):
+    from dpmsched import denoisers
+    from dpmsched.__main__ import main
+
+    m = denoisers.load("toy2d-ring")
+    assert m.event_shape == (2,) and m.sigma_max == 80.0
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        denoisers.load("nope")
+    out = tmp_path / "s.json"
+    assert main(["optimize", "--model", "toy2d-ring", "--method", "karras", "--steps", "6",
+                 "--opt", "rho=3", "--out", str(out)]) == 0
+    s = Schedule.from_json(out)
+    assert s.steps == 6 and s.meta["method"] == "karras"
+    np.testing.assert_array_equal(s.sigmas, Schedule.karras(6, rho=3).sigmas)
+    with pytest.raises(ValueError, match="unknown method"):
+        main(["optimize", "--model", "toy2d-ring", "--method", "magic", "--steps", "6"])
