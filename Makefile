@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # two pytest workers on a 2-core machine, one torch thread each
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-py test-nb lab strip clean
+.PHONY: setup demo test test-py test-nb lab strip bench clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ lab: $(STAMP)
 ## make strip: remove outputs from the stored notebooks, refreshing the NBVAL_CHECK_OUTPUT cells
 strip: $(STAMP)
 	$(PY) -m dpmsched strip --refresh $(NOTEBOOKS)
+
+## make bench: every benchmarks/bench_*.py (each writes benchmarks/<name>.json + .md, ratios vs a baseline of the same run)
+bench: $(STAMP)
+	@set -e; for f in $(sort $(wildcard benchmarks/bench_*.py)); do echo "== $$f"; $(PY) $$f; done
 
 clean:
 	rm -rf runs .pytest_cache
