@@ -23,7 +23,8 @@ from ..noise import DiscreteVP, LinearVP
 from .vp import PREDICTIONS, VPDenoiser
 
 __all__ = ["from_vp_model", "load_diffusers", "is_diffusers_folder", "alphas_cumprod_from_config",
-           "schedule_of_scheduler", "sample_with_diffusers"]
+           "schedule_of_scheduler", "sample_with_diffusers", "DIFFUSERS_COUNTERPARTS", "diffusers_scheduler",
+           "compare_with_diffusers", "tiny_unet_folder"]
 
 
 def from_vp_model(model, noise, prediction: str = "epsilon", event_shape=(), time_scale: float = 1.0,
@@ -180,3 +181,88 @@ def sample_with_diffusers(den: VPDenoiser, scheduler, x: torch.Tensor, generator
     if ve:
         return sample
     return sample * math.sqrt(1.0 + s_end**2) if s_end > 0 else sample
+
+
+#: the scheduler settings every counterpart shares: linear-β DDPM (T = 1000), ε-prediction, integer
+#: "trailing" timesteps (999, 874, … at 8 steps: the σ's lie on the ᾱ table, so the network sees the same t)
+DIFFUSERS_COMMON = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
+                    "prediction_type": "epsilon", "timestep_spacing": "trailing"}
+
+
+def _tau_zero(t):
+    return 0
+
+
+#: case → (diffusers scheduler class, its settings, our solver, our options): the pairs that must agree.
+#: ``lower_order_final=True`` is diffusers' default (applied at N < 15, as ours at every N);
+#: ``final_sigmas_type="zero"`` where available, except UniPC-bh1, which returns NaN with it in
+#: diffusers 0.42 (B(h) = −h = −∞ on the jump to σ = 0) and is compared ending at σ(t = 0)
+#: ("sigma_min"; SASolverScheduler always ends there).  SA-Solver at τ = 0 (``tau_func`` ≡ 0).
+DIFFUSERS_COUNTERPARTS = {
+    "euler": ("EulerDiscreteScheduler", {"final_sigmas_type": "zero"}, "euler", {}),
+    "heun": ("HeunDiscreteScheduler", {}, "heun", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                 "solver_type": "midpoint", "lower_order_final": True, "final_sigmas_type": "zero"}, "dpmpp_2m", {}),
+    "dpmpp_3m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3,
+                 "solver_type": "midpoint", "lower_order_final": True, "final_sigmas_type": "zero"}, "dpmpp_3m", {}),
+    "unipc_bh2_2": ("UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2", "lower_order_final": True,
+                    "final_sigmas_type": "zero"}, "unipc", {"order": 2, "variant": "bh2"}),
+    "unipc_bh1_3": ("UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh1", "lower_order_final": True,
+                    "final_sigmas_type": "sigma_min"}, "unipc", {"order": 3, "variant": "bh1"}),
+    "sa_solver_3_4": ("SASolverScheduler", {"predictor_order": 3, "corrector_order": 4, "lower_order_final": True,
+                      "algorithm_type": "data_prediction", "tau_func": _tau_zero},
+                      "sa_solver", {"predictor_order": 3, "corrector_order": 4, "tau": 0.0}),
+    "sa_solver_2_2": ("SASolverScheduler", {"predictor_order": 2, "corrector_order": 2, "lower_order_final": True,
+                      "algorithm_type": "data_prediction", "tau_func": _tau_zero},
+                      "sa_solver", {"predictor_order": 2, "corrector_order": 2, "tau": 0.0}),
+}
+
+
+def diffusers_scheduler(case: str, steps: int):
+    """The diffusers scheduler of :data:`DIFFUSERS_COUNTERPARTS` ``case``, set to ``steps`` steps."""
+    import diffusers
+
+    if case not in DIFFUSERS_COUNTERPARTS:
+        raise ValueError(f"unknown case {case!r}; expected one of {sorted(DIFFUSERS_COUNTERPARTS)}")
+    cls, extra, _, _ = DIFFUSERS_COUNTERPARTS[case]
+    sched = getattr(diffusers, cls)(**DIFFUSERS_COMMON, **extra)
+    sched.set_timesteps(steps)
+    return sched
+
+
+def compare_with_diffusers(den: VPDenoiser, case: str, steps: int, z: torch.Tensor, reference=None):
+    """Run ``case`` both ways from x = σ_0 z; returns (ours, theirs, max|ours − theirs| / max|theirs|).
+
+    Ours runs in ``z``'s dtype on the float64 σ's of the scheduler's timesteps; diffusers runs in the same
+    dtype.  ``reference`` (optional): compare diffusers with this tensor instead of our output.
+    """
+    from .. import solvers
+
+    sched = diffusers_scheduler(case, steps)
+    s = schedule_of_scheduler(sched, den.noise)
+    x = float(s.sigmas[0]) * z
+    _, _, name, opts = DIFFUSERS_COUNTERPARTS[case]
+    with torch.no_grad():
+        ours = solvers.get(name)(den, x, s, **opts)
+    theirs = sample_with_diffusers(den, sched, x)
+    ref = ours if reference is None else reference
+    rel = float((ref.double() - theirs.double()).abs().max() / theirs.double().abs().max())
+    return ours, theirs, rel
+
+
+def tiny_unet_folder(path, seed: int = 0):
+    """Write a tiny random ε-prediction ``UNet2DModel`` (8×8, 1 channel, block_out_channels (8, 16),
+    layers_per_block 1, norm_num_groups 4; init seed ``seed``) and its DDPM scheduler config to ``path``.
+
+    For tests, benchmarks and the tutorial: the real loading code on small data.  Returns ``path``.
+    """
+    import diffusers
+
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 layers_per_block=1, norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet.save_pretrained(path)
+    cfg = {k: v for k, v in DIFFUSERS_COMMON.items() if k != "timestep_spacing"}
+    diffusers.DDPMScheduler(**cfg).save_config(path)
+    return path
