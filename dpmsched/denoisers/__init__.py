@@ -99,4 +99,10 @@ def load(name_or_path, device="cpu"):
     if not hasattr(checkpoints, "load_model"):
         raise ValueError(f"unknown model {key!r}; expected one of {sorted(EXACT_MODELS)} "
                          "(trained checkpoints are not available in this version)")
+    from pathlib import Path
+
+    if not Path(key).exists() and not (checkpoints.DATA_DIR / key / checkpoints.CONFIG).is_file():
+        shipped = sorted(q.parent.name for q in checkpoints.DATA_DIR.glob(f"*/{checkpoints.CONFIG}"))
+        raise ValueError(f"unknown model {key!r}; expected an exact model {sorted(EXACT_MODELS)}, "
+                         f"a shipped checkpoint {shipped} or a folder")
     return checkpoints.load_model(key, device=device)
