@@ -8,8 +8,10 @@ r"""Error-bound schedules: Huang Phase-1 (faithful) and a propagation-aware boun
 estimated by Monte Carlo from B teacher trajectories on a fine grid (:mod:`.teacher`), discretised
 as the right-Riemann pair cost C[a, c] of §3.4(a) (:func:`dpmsched.theory.bound_pair_costs`),
 minimised exactly over grid paths with N edges by :func:`dpmsched.optimize.dp.shortest_paths`, then
-refined continuously (§3.4(b): L-BFGS on the softmax-cumsum logits of the MC bound
-:func:`dpmsched.theory.bound_mc`, started at the DP path).
+refined continuously (§3.4(b): Nelder–Mead on the softmax-cumsum logits of the MC bound
+:func:`dpmsched.theory.bound_mc`, started at the DP path — derivative-free because τ is interpolated
+piecewise-linearly between grid points, so the bound has kinks at every grid point and gradient
+methods (L-BFGS-B) stop at iteration 0).
 
 **Why it misplaces the first step.**  Write e_i = x_i − x(σ_i) for Euler's error and
 ℓ_i = σ_{i+1} ∫_{u_i}^{u_{i+1}} [τ(u_i) − τ(u)] du for the local error of step i made *on* the exact
@@ -62,7 +64,7 @@ __all__ = ["huang", "bound_prop", "prop_pair_costs", "euler_jump_errors", "jump_
 
 
 def huang(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points: int = 128, seed: int = 0,
-          refine: bool = True, refine_iters: int = 200) -> Schedule:
+          refine: bool = True, refine_evals: int = 600) -> Schedule:
     """Huang Phase-1 as the paper describes it (§3.4): MC bound (3.1), grid DP, continuous refinement.
 
     ``meta``: ``bound_dp`` (grid DP optimum of the right-Riemann cost), ``bound`` (the MC bound (3.1)
@@ -77,16 +79,17 @@ def huang(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points
     bound_dp = theory.bound_mc(s, T.grid, T.f)
     sig, bound, it = s.sigmas, bound_dp, 0
     if refine and steps > 1:
-        sig, bound, it = _refine(s.sigmas, T, refine_iters)
+        sig, bound, it = _refine(s.sigmas, T, refine_evals)
     meta = {"objective": bound, "bound": bound, "bound_dp_path": bound_dp, "bound_dp_riemann": dp_val,
-            "refine_iterations": it, "n": n, "grid_points": grid_points, "seed": seed,
+            "refine_evals": it, "n": n, "grid_points": grid_points, "seed": seed,
             "teacher_seconds": T.seconds, "solver_transfer": solver not in ("euler", "ddim"),
             "seconds": time.perf_counter() - t0}
     return Schedule(sig, "huang", meta)
 
 
-def _refine(sigmas: np.ndarray, T, iters: int):
-    """§3.4(b): minimise the MC bound over softmax-cumsum logits, started at ``sigmas``."""
+def _refine(sigmas: np.ndarray, T, max_evals: int):
+    """§3.4(b): minimise the MC bound over softmax-cumsum logits (Nelder–Mead, at most ``max_evals``
+    bound evaluations), started at ``sigmas``; returns (σ, its MC bound, evaluations used)."""
     from scipy.optimize import minimize
 
     lo, hi = float(T.grid[-1]), float(T.grid[0])
@@ -98,11 +101,12 @@ def _refine(sigmas: np.ndarray, T, iters: int):
         return theory.bound_from_fn(theory.softmax_cumsum_sigmas(z, lo, hi), tau, n_quad=16)
 
     f0 = obj(z0)
-    res = minimize(obj, z0, method="L-BFGS-B", options={"maxiter": int(iters)})
+    res = minimize(obj, z0, method="Nelder-Mead", options={"maxfev": int(max_evals), "xatol": 1e-4,
+                                                            "fatol": 1e-7 * abs(f0)})
     if not res.fun < f0:
-        return sigmas, theory.bound_mc(sigmas, T.grid, T.f), int(res.nit)
+        return sigmas, theory.bound_mc(sigmas, T.grid, T.f), int(res.nfev)
     s = theory.softmax_cumsum_sigmas(res.x, lo, hi)
-    return s, theory.bound_mc(s, T.grid, T.f), int(res.nit)
+    return s, theory.bound_mc(s, T.grid, T.f), int(res.nfev)
 
 
 def euler_jump_errors(T) -> torch.Tensor:

@@ -211,7 +211,7 @@ def dp_schedule(C, grid: np.ndarray, steps: int, name: str, discount: float = 1.
     steps = int(steps)
     if not 1 <= steps <= len(grid) - 1:
         raise ValueError(f"steps must be in 1..{len(grid) - 1} for a grid of {len(grid)} points, got {steps}")
-    r = shortest_paths(C, steps, discount)
+    r = shortest_paths(C.numpy() if isinstance(C, torch.Tensor) else C, steps, discount)
     idx = r.path(steps)
     return Schedule(np.asarray(grid)[idx], name, {"objective": r.cost(steps), "grid_index": idx.tolist(),
                                                  "discount": float(discount)})
