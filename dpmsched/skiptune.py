@@ -39,7 +39,7 @@ import torch
 from .denoisers import sigma_like
 
 __all__ = ["interpolate_rho", "skip_layout", "skip_scales", "skip_tuning", "SkipTuned", "denoising_loss",
-           "grid_search", "RHO_GRID"]
+           "grid_search", "fd_score", "plot_heatmap", "digits_mosaic", "RHO_GRID"]
 
 #: the ρ grid of the paper's protocol (§5.3): 1.0, 0.95, …, 0.6
 RHO_GRID = tuple(round(1.0 - 0.05 * k, 2) for k in range(9))
@@ -326,10 +326,12 @@ def _worker_point(args):
     return _score_point(_WORKER, *args)
 
 
-def _default_score(x):
+def fd_score(x) -> float:
+    """The default grid-search score: :func:`dpmsched.metrics.frechet_digits` of the samples against the
+    digits test split (360 images), in the shipped classifier's features; lower is better."""
     from .metrics import frechet_digits
 
-    return frechet_digits(x)
+    return float(frechet_digits(x)["fd"])
 
 
 def grid_search(model, schedule, solver: str = "euler", rho_tops=RHO_GRID, rho_bottoms=RHO_GRID, *,
@@ -358,7 +360,7 @@ def grid_search(model, schedule, solver: str = "euler", rho_tops=RHO_GRID, rho_b
 
     solvers.get(solver)
     ctx = {"model": model, "schedule": schedule, "solver": solver, "n": int(n), "seed": int(seed), "per": per,
-           "sigma_window": _window(sigma_window), "score": score or _default_score, "batch": int(batch),
+           "sigma_window": _window(sigma_window), "score": score or fd_score, "batch": int(batch),
            "dtype": dtype, "solver_opts": solver_opts}
     points = [(rt, rb) for rt in tops for rb in bottoms]
     if (1.0, 1.0) not in points:
@@ -389,3 +391,53 @@ def grid_search(model, schedule, solver: str = "euler", rho_tops=RHO_GRID, rho_b
             "nfe": schedule.nfe(solver, **solver_opts) if hasattr(schedule, "nfe") else None,
             "solver": solver, "per": per, "n": int(n), "seed": int(seed), "sigma_window": ctx["sigma_window"],
             "seconds": time.perf_counter() - t0}
+
+
+# -- figures -------------------------------------------------------------------------------------------
+def plot_heatmap(result: dict, ax=None, title: str | None = None, fmt: str = "{:.3g}"):
+    """Heatmap of a :func:`grid_search` result: rows ρ_top, columns ρ_bottom, the score written in each
+    cell, the best cell outlined and the plain model (ρ ≡ 1) marked "plain"."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.2, 3.6))
+    sc = np.asarray(result["scores"])
+    im = ax.imshow(sc, cmap="viridis_r", origin="upper")
+    tops, bottoms = result["rho_top"], result["rho_bottom"]
+    ax.set_yticks(range(len(tops)), [f"{v:g}" for v in tops])
+    ax.set_xticks(range(len(bottoms)), [f"{v:g}" for v in bottoms])
+    ax.set_ylabel("ρ_top (outermost skip)")
+    ax.set_xlabel("ρ_bottom (deepest skip)")
+    for i in range(sc.shape[0]):
+        for j in range(sc.shape[1]):
+            plain = tops[i] == 1.0 and bottoms[j] == 1.0
+            ax.text(j, i, fmt.format(sc[i, j]) + ("\nplain" if plain else ""), ha="center", va="center",
+                    fontsize=7, color="w" if sc[i, j] > sc.min() + 0.5 * np.ptp(sc) else "k")
+    b = result["best"]
+    i, j = tops.index(b["rho_top"]), bottoms.index(b["rho_bottom"])
+    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+    ax.set_title(title or f"{result['solver']}, NFE {result['nfe']}")
+    ax.figure.colorbar(im, ax=ax, shrink=0.8)
+    return ax
+
+
+def digits_mosaic(x: torch.Tensor, ax=None, nrow: int = 8, title: str | None = None):
+    """Draw images (M, 1, H, W) in [−1, 1] as one grey mosaic of ``nrow`` columns (clipped to [−1, 1])."""
+    import matplotlib.pyplot as plt
+
+    x = torch.as_tensor(x).detach().double().clamp(-1, 1).cpu()
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"expected images of shape (M, 1, H, W), got {tuple(x.shape)}")
+    m, _, h, w = x.shape
+    rows = math.ceil(m / nrow)
+    canvas = np.ones((rows * (h + 1) + 1, nrow * (w + 1) + 1))
+    for k in range(m):
+        r, c = divmod(k, nrow)
+        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = (x[k, 0].numpy() + 1) / 2
+    if ax is None:
+        _, ax = plt.subplots(figsize=(nrow * 0.45, rows * 0.45))
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
