@@ -17,22 +17,15 @@ from dpmsched.noise import DiscreteVP
 SHIPPED = sorted(p.parent.name for p in DATA_DIR.glob(f"*/{CONFIG}"))
 
 
-def _randomize(net, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return net
 
-
-def _edm(tmp_path, name="m"):
-    den = EDMDenoiser(_randomize(MLP(width=16, depth=2, emb_dim=8)), 0.6, (2,), 0.01, 50.0, name)
+def _edm(tmp_path, randomized, name="m"):
+    den = EDMDenoiser(randomized(MLP(width=16, depth=2, emb_dim=8)), 0.6, (2,), 0.01, 50.0, name)
     return den, save_model(den, tmp_path / name, kind="edm", dataset="toy2d-ring", training={"steps": 7})
 
 
 # -- round trips --------------------------------------------------------------------------------
-def test_edm_round_trip_is_exact_and_config_is_complete(tmp_path):
-    den, folder = _edm(tmp_path)
+def test_edm_round_trip_is_exact_and_config_is_complete(tmp_path, randomized):
+    den, folder = _edm(tmp_path, randomized)
     back = load_model(folder)
     assert isinstance(back, EDMDenoiser) and not back.training
     x = torch.randn(5, 2, dtype=torch.float64)
@@ -48,8 +41,8 @@ def test_edm_round_trip_is_exact_and_config_is_complete(tmp_path):
     assert load(str(folder))(x, sig).equal(den(x, sig))      # denoisers.load delegates folders here
 
 
-def test_ddpm_round_trip_wraps_vp_and_exposes_eps(tmp_path):
-    net = _randomize(UNet(ch=8, mults=(1, 2), emb_dim=16))
+def test_ddpm_round_trip_wraps_vp_and_exposes_eps(tmp_path, randomized):
+    net = randomized(UNet(ch=8, mults=(1, 2), emb_dim=16))
     vp = VPDenoiser(net, DiscreteVP.linear(1000), "epsilon", (1, 8, 8), name="d")
     folder = save_model(vp, tmp_path / "d", kind="ddpm", dataset="digits")
     back = load_model(folder)
@@ -61,42 +54,42 @@ def test_ddpm_round_trip_wraps_vp_and_exposes_eps(tmp_path):
     assert torch.equal(back(x, 0.5), vp(x, 0.5))
 
 
-def test_classifier_and_float64_round_trip(tmp_path):
-    clf = _randomize(DigitsClassifier(ch=4, feat_dim=8)).eval()
+def test_classifier_and_float64_round_trip(tmp_path, randomized):
+    clf = randomized(DigitsClassifier(ch=4, feat_dim=8)).eval()
     back = load_model(save_model(clf, tmp_path / "c", kind="classifier", dataset="digits"))
     x = torch.randn(4, 1, 8, 8)
     assert torch.equal(back(x), clf(x)) and torch.equal(back.features(x), clf.features(x))
-    den = EDMDenoiser(_randomize(MLP(width=8, depth=1, emb_dim=4)).double(), 0.5, (2,))
+    den = EDMDenoiser(randomized(MLP(width=8, depth=1, emb_dim=4)).double(), 0.5, (2,))
     back = load_model(save_model(den, tmp_path / "e64", kind="edm", dataset="toy2d-ring"))
     assert next(back.parameters()).dtype == torch.float64
     x = torch.randn(3, 2, dtype=torch.float64)
     assert torch.equal(back(x, 0.3), den(x, 0.3))
 
 
-def test_save_rejects_unknown_kind(tmp_path):
-    den, _ = _edm(tmp_path)
+def test_save_rejects_unknown_kind(tmp_path, randomized):
+    den, _ = _edm(tmp_path, randomized)
     with pytest.raises(ValueError, match="kind must be one of"):
         save_model(den, tmp_path / "x", kind="gan", dataset="d")
 
 
 # -- every bad path -----------------------------------------------------------------------------
-def test_missing_folder_file_and_name(tmp_path):
+def test_missing_folder_file_and_name(tmp_path, randomized):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_model(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="shipped"):
         load_model("no-such-model")
-    _, folder = _edm(tmp_path)
+    _, folder = _edm(tmp_path, randomized)
     (folder / WEIGHTS).unlink()
     with pytest.raises(FileNotFoundError, match="weights file"):
         load_model(folder)
-    _, folder = _edm(tmp_path, "m2")
+    _, folder = _edm(tmp_path, randomized, "m2")
     (folder / CONFIG).unlink()
     with pytest.raises(FileNotFoundError, match="config"):
         load_model(folder)
 
 
-def test_wrong_checksum(tmp_path):
-    _, folder = _edm(tmp_path)
+def test_wrong_checksum(tmp_path, randomized):
+    _, folder = _edm(tmp_path, randomized)
     raw = bytearray((folder / WEIGHTS).read_bytes())
     raw[-3] ^= 0xFF                                          # flip bits inside the last tensor's data
     (folder / WEIGHTS).write_bytes(bytes(raw))
@@ -110,8 +103,8 @@ def _rewrite_config(folder, **changes):
     (folder / CONFIG).write_text(json.dumps(cfg))
 
 
-def test_config_that_does_not_match_the_weights(tmp_path):
-    _, folder = _edm(tmp_path)
+def test_config_that_does_not_match_the_weights(tmp_path, randomized):
+    _, folder = _edm(tmp_path, randomized)
     _rewrite_config(folder, arch={"type": "mlp", "dim": 2, "width": 32, "depth": 2, "emb_dim": 8})
     with pytest.raises(ValueError, match="does not match the weights.*shape mismatch"):
         load_model(folder)
@@ -123,28 +116,28 @@ def test_config_that_does_not_match_the_weights(tmp_path):
         load_model(folder)
 
 
-def test_bad_config_json(tmp_path):
-    _, folder = _edm(tmp_path)
+def test_bad_config_json(tmp_path, randomized):
+    _, folder = _edm(tmp_path, randomized)
     (folder / CONFIG).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_model(folder)
     (folder / CONFIG).write_text(json.dumps({"format": "something-else/9"}))
     with pytest.raises(ValueError, match="expected a config with format"):
         load_model(folder)
-    _, folder = _edm(tmp_path, "m2")
+    _, folder = _edm(tmp_path, randomized, "m2")
     _rewrite_config(folder, kind="vae")
     with pytest.raises(ValueError, match="kind"):
         load_model(folder)
 
 
-def test_pickle_files_are_refused_never_loaded(tmp_path):
+def test_pickle_files_are_refused_never_loaded(tmp_path, randomized):
     net = MLP(width=4, depth=1, emb_dim=4)
     pt = tmp_path / "model.pt"
     torch.save(net.state_dict(), pt)
     with pytest.raises(ValueError, match="pickle"):
         load_model(pt)
     # a pickle disguised as model.safetensors, with a matching checksum: refused before parsing
-    _, folder = _edm(tmp_path)
+    _, folder = _edm(tmp_path, randomized)
     data = pickle.dumps({"w": [1, 2, 3]})
     (folder / WEIGHTS).write_bytes(data)
     _rewrite_config(folder, sha256=sha256_bytes(data))
@@ -154,8 +147,8 @@ def test_pickle_files_are_refused_never_loaded(tmp_path):
         checkpoints.tensors_from_file(folder / WEIGHTS)
 
 
-def test_corrupt_safetensors_with_matching_checksum(tmp_path):
-    _, folder = _edm(tmp_path)
+def test_corrupt_safetensors_with_matching_checksum(tmp_path, randomized):
+    _, folder = _edm(tmp_path, randomized)
     data = b"\x10\x00\x00\x00\x00\x00\x00\x00{broken header}"
     (folder / WEIGHTS).write_bytes(data)
     _rewrite_config(folder, sha256=sha256_bytes(data))
@@ -163,8 +156,8 @@ def test_corrupt_safetensors_with_matching_checksum(tmp_path):
         load_model(folder)
 
 
-def test_a_file_instead_of_a_folder(tmp_path):
-    _, folder = _edm(tmp_path)
+def test_a_file_instead_of_a_folder(tmp_path, randomized):
+    _, folder = _edm(tmp_path, randomized)
     assert load_model(folder / CONFIG).name == "m"           # the folder of config.json / model.safetensors
     other = tmp_path / "notes.txt"
     other.write_text("hello")
