@@ -183,7 +183,10 @@ def frechet_digits(samples, reference="test", classifier="digits-classifier", cl
     fa, la = digits_features(samples, classifier, clamp)
     fb, lb = digits_features(reference, classifier, clamp)
     k = int(_classifier(classifier).head.out_features)
-    hist = lambda lab: torch.bincount(lab, minlength=k).double() / len(lab)   # noqa: E731
+
+    def hist(lab):
+        return torch.bincount(lab, minlength=k).double() / len(lab)
+
     return {"fd": frechet_distance(fa, fb), "class_hist": hist(la), "class_hist_reference": hist(lb),
             "n": int(len(fa)), "n_reference": int(len(fb))}
 

@@ -168,6 +168,9 @@ def test_a_file_instead_of_a_folder(tmp_path, randomized):
 def test_atomic_write_keeps_old_content_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "f.bin"
     atomic_write_bytes(path, b"old")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask       # like open(), not mkstemp's 0o600
 
     def boom(*a, **k):
         raise OSError("disk full")
