@@ -14,6 +14,9 @@ NOTEBOOKS = sorted(NB_DIR.glob("[0-9]*.ipynb"))
 SMALL = {
     "01_theorem.ipynb": ({"steps": 3, "rho": 3.0, "mixture": "grid", "n_samples": 64, "gauss_steps": 5,
                           "data_std": 1.0, "seed": 1}, "bound_optimal"),
+    "05_skip_tuning.ipynb": ({"nfe_low": 2, "nfe_high": 3, "rho_points": 2, "n_samples": 32, "n_loss": 32,
+                              "loss_sigmas": 2, "opt_trajectories": 8, "per": "level", "seed": 1},
+                             "loss_worse_and_samples_better"),
 }
 
 
