@@ -301,3 +301,60 @@ def test_grid_search_rejects_bad_input(den):
         skiptune.grid_search(den, sched, rho_tops=[], score=mean_abs)
     with pytest.raises(TypeError, match="no UNet"):
         skiptune.grid_search(Gaussian(0.5), sched, score=mean_abs)
+
+
+# -- the shipped model, the default score, the figures ------------------------------------------------
+def test_shipped_digits_edm_layout_and_restore():
+    from dpmsched import denoisers
+
+    d = denoisers.load("digits-edm").eval()
+    kind, n, levels = skip_layout(d)
+    assert kind == "unet" and n == len(d.net.skip_levels) and levels == tuple(d.net.skip_levels)
+    assert levels[0] == max(levels) and levels[-1] == 0            # pop order: deepest first, input conv last
+    x = torch.randn(4, *d.event_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = d(x, 1.0)
+        with skip_tuning(d, 0.6, 0.6) as t:
+            tuned = t(x, 1.0)
+        assert torch.equal(d(x, 1.0), plain) and not torch.allclose(tuned, plain, atol=1e-3)
+
+
+def test_fd_score_is_frechet_digits_and_separates_noise_from_digits():
+    from dpmsched import data, metrics
+
+    test = data.digits("test")
+    assert skiptune.fd_score(test) < 1e-6 * float(metrics.digits_features(test)[0].var(0).sum())   # FD(X, X) = 0
+    train = data.digits("train")[:360]
+    assert skiptune.fd_score(train) == metrics.frechet_digits(train)["fd"]
+    noise = torch.rand(360, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert skiptune.fd_score(noise) > 5 * skiptune.fd_score(train)
+
+
+def test_digits_mosaic_places_every_image():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    x = torch.rand(5, 1, 3, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    ax = skiptune.digits_mosaic(x, nrow=2)
+    canvas = np.asarray(ax.images[0].get_array())
+    assert canvas.shape == (3 * 4 + 1, 2 * 3 + 1)
+    for k in range(5):                                   # image k at row k // 2, column k % 2, 1-pixel gaps
+        r, c = divmod(k, 2)
+        np.testing.assert_allclose(canvas[1 + 4 * r:4 + 4 * r, 1 + 3 * c:3 + 3 * c], (x[k, 0].double().numpy() + 1) / 2)
+    assert (canvas[3 * 4 - 3:3 * 4, 4:6] == 1).all()     # the empty sixth slot stays blank
+    with pytest.raises(ValueError, match="shape"):
+        skiptune.digits_mosaic(torch.zeros(2, 3, 4, 4))
+
+
+def test_plot_heatmap_marks_best_and_plain():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    r = {"rho_top": [1.0, 0.8], "rho_bottom": [1.0, 0.6], "scores": np.array([[5.0, 4.0], [3.0, 6.0]]),
+         "best": {"rho_top": 0.8, "rho_bottom": 1.0, "score": 3.0}, "solver": "euler", "nfe": 5}
+    ax = skiptune.plot_heatmap(r)
+    (rect,) = [p for p in ax.patches]
+    assert rect.get_xy() == (-0.5, 0.5)                  # column ρ_bottom = 1.0, row ρ_top = 0.8
+    texts = {t.get_text() for t in ax.texts}
+    assert {"5\nplain", "4", "3", "6"} == texts
+    assert ax.get_title() == "euler, NFE 5"
