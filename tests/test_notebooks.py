@@ -14,6 +14,8 @@ NOTEBOOKS = sorted(NB_DIR.glob("[0-9]*.ipynb"))
 SMALL = {
     "01_theorem.ipynb": ({"steps": 3, "rho": 3.0, "mixture": "grid", "n_samples": 64, "gauss_steps": 5,
                           "data_std": 1.0, "seed": 1}, "bound_optimal"),
+    "06_sa_solver.ipynb": ({"nfe_list": "4,8", "tau_list": "0.0,1.0", "n_samples": 64, "noise_seeds": 1,
+                            "predictor_order": 2, "corrector_order": 2, "seed": 1}, "sw_train"),
 }
 
 
