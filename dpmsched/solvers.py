@@ -652,7 +652,7 @@ def sample(model, solver: str, schedule, n: int, seed: int = 0, batch: int = 256
 
 
 def cli_sample(argv: list[str]) -> int:
-    """``python -m dpmsched sample --model NAME --solver S --schedule FILE.json|karras --steps N --n 64
+    """``python -m dpmsched sample --model NAME --solver S --schedule FILE.json|--baseline karras --steps N --n 64
     --seed 0 --out samples.safetensors|.npz|.npy [--opt key=value]``"""
     import argparse
     import time
@@ -663,7 +663,8 @@ def cli_sample(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m dpmsched sample", description=cli_sample.__doc__)
     p.add_argument("--model", required=True, help="model name (e.g. digits-empirical) or checkpoint/diffusers folder")
     p.add_argument("--solver", default="euler", help=f"one of {sorted(SOLVERS)} (default: euler)")
-    p.add_argument("--schedule", default="karras", help="schedule JSON file or baseline name (default: karras)")
+    p.add_argument("--schedule", "--baseline", default="karras",
+                   help="schedule JSON file or baseline name, e.g. karras (default: karras)")
     p.add_argument("--steps", type=int, default=None, help="number of steps N (needed for a baseline)")
     p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")

@@ -238,6 +238,16 @@ def test_sample_cli_matches_direct_call(tmp_path):
     assert main(["sample", "--model", "toy2d-ring", "--solver", "sa_solver", "--schedule", str(sched),
                  "--opt", "tau=0.5", "--n", "8", "--out", str(out2)]) == 0
     assert load_file(out2)["samples"].shape == (8, 2)
+    # --baseline is an alias of --schedule: a non-default baseline over the model's sigma range
+    out3 = tmp_path / "u.npy"
+    assert main(["sample", "--model", "toy2d-ring", "--baseline", "uniform-logsnr", "--steps", "5", "--n", "6",
+                 "--out", str(out3)]) == 0
+    from dpmsched.denoisers import load
+
+    m = load("toy2d-ring")
+    s = Schedule.uniform_logsnr(5, sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max))
+    z = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    np.testing.assert_allclose(np.load(out3), solvers.euler(m, float(s.sigmas[0]) * z, s).numpy(), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="contradicts"):
         main(["sample", "--model", "toy2d-ring", "--schedule", str(sched), "--steps", "7", "--out", str(out)])
     with pytest.raises(ValueError, match="unknown solver"):
