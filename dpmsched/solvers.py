@@ -575,6 +575,29 @@ def _key(name: str) -> str:
     return key
 
 
+#: integer options whose value changes a solver's NFE or order, and their ranges (as the solvers check)
+_INT_OPTIONS = {"order": (1, 3), "max_order": (1, 4), "predictor_order": (1, 4), "corrector_order": (0, 4)}
+
+
+def _check_opts(key: str, opts: dict) -> None:
+    """``opts`` must be keyword options of solver ``key``, and the ones :func:`nfe` and :func:`solver_order`
+    read must have valid values — a typo would otherwise give a silently wrong count or order."""
+    import inspect
+
+    params = inspect.signature(SOLVERS[key]).parameters
+    allowed = {k for k, v in params.items() if v.kind is v.KEYWORD_ONLY} - {"callback", "denoise_to_zero"}
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for solver {key!r}; expected some of {sorted(allowed)}")
+    for name, (lo, hi) in _INT_OPTIONS.items():
+        if name in opts:
+            _check_range(name, opts[name], lo, hi, integer=True)
+    if "corrector" in opts:
+        _check_bool("corrector", opts["corrector"])
+    if opts.get("mode", "few_steps") not in ("few_steps", "more_steps"):
+        raise ValueError(f"mode must be 'few_steps' or 'more_steps', got {opts['mode']!r}")
+
+
 def get(name: str) -> Callable:
     """The solver function registered under ``name`` (case-insensitive; "-" = "_", "dpm++" = "dpmpp")."""
     return SOLVERS[_key(name)]
@@ -584,11 +607,14 @@ def nfe(name: str, steps: int, *, final_zero: bool = False, denoise_to_zero: boo
     """Network evaluations of solver ``name`` over ``steps`` steps (§0.3).
 
     ``final_zero``: the schedule ends in σ = 0 (matters for Heun: 2N − 1, and SA-Solver "more_steps");
-    ``opts``: the solver's options (``mode`` for sa_solver); others do not change the count.
+    ``opts``: the solver's options (``mode`` for sa_solver); others do not change the count.  An option
+    the solver does not have, or a bad value of one that counts, raises ValueError.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return _NFE[_key(name)](int(steps), final_zero, **opts) + (1 if denoise_to_zero else 0)
+    key = _key(name)
+    _check_opts(key, opts)
+    return _NFE[key](int(steps), final_zero, **opts) + (1 if denoise_to_zero else 0)
 
 
 def solver_order(name: str, **opts) -> int:
@@ -599,7 +625,9 @@ def solver_order(name: str, **opts) -> int:
     (p without corrector), RK4 4.  The "order-matched" schedule optimizers read this.  Measured
     against closed-form Gaussian solutions in tests/test_solvers_multistep.py.
     """
-    return int(_ORDER[_key(name)](**opts))
+    key = _key(name)
+    _check_opts(key, opts)
+    return int(_ORDER[key](**opts))
 
 
 # -- command line ---------------------------------------------------------------------------------

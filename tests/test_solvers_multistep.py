@@ -55,6 +55,23 @@ def test_solver_order_values():
     assert solvers.solver_order("DPM++-2M") == 2
 
 
+def test_nfe_and_order_reject_unknown_options():
+    # a typo or a bad value must not give a silently wrong count or order
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['eta'\] for solver 'euler'"):
+        solvers.nfe("euler", 10, eta=1.0)
+    with pytest.raises(ValueError, match="mode"):
+        solvers.nfe("sa_solver", 10, mode="many")
+    with pytest.raises(ValueError, match="order"):
+        solvers.solver_order("unipc", order=7)
+    with pytest.raises(ValueError, match="corrector"):
+        solvers.solver_order("unipc", corrector="no")
+    with pytest.raises(ValueError, match="unknown option"):
+        Schedule.karras(5).nfe("dpmpp_2m", order=3)
+    # every option a solver takes is accepted, the generator included
+    assert solvers.nfe("sa_solver", 5, tau=0.5, generator=torch.Generator(), mode="more_steps") == 6
+    assert solvers.nfe("heun", 5, s_churn=1.0, final_zero=True) == 9
+
+
 # -- identities ------------------------------------------------------------------------------------
 def _same(a_name, a_opts, b_name, b_opts, steps=(3, 5, 10), tol=1e-10):
     den, z = data.mixture_2d("ring"), 80.0 * _z(32, dim=2)
