@@ -103,6 +103,11 @@ def _coef_sigmas(s: torch.Tensor):
     return s if s.requires_grad else s.tolist()
 
 
+def _val(v) -> float:
+    """A float from a float or a 0-d tensor (detached: no autograd warning)."""
+    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+
 def _exp(v):
     return torch.exp(v) if isinstance(v, torch.Tensor) else math.exp(v)
 
@@ -362,13 +367,13 @@ def _exp_moments(a, h, kmax: int):
     x = a * h
     out = []
     for k in range(kmax + 1):
-        if float(x) < 1.0:
+        if _val(x) < 1.0:
             term = _exp(-x) * x ** (k + 1) / math.factorial(k + 1)
             total = term
             for j in range(1, 40):
                 term = term * x / (k + 1 + j)
                 total = total + term
-                if float(term) <= 1e-18 * float(total):
+                if _val(term) <= 1e-18 * _val(total):
                     break
             p = total
         else:
@@ -451,9 +456,9 @@ def sa_solver(denoiser, x, sigmas, *, predictor_order=3, corrector_order=4, tau=
             x = check_finite(ms[-1], i)
             break
         last = i == n - 1
-        t_ = 0.0 if last and mode == "few_steps" else float(tau_of(float(sc[i])))
+        t_ = 0.0 if last and mode == "few_steps" else float(tau_of(_val(sc[i])))
         if t_ < 0 or not math.isfinite(t_):
-            raise ValueError(f"tau must be finite and >= 0, got {t_} at sigma {float(sc[i])}")
+            raise ValueError(f"tau must be finite and >= 0, got {t_} at sigma {_val(sc[i])}")
         h = _log(sc[i] / sc[i + 1])
         lam_t = -_log(sc[i + 1])
         decay = 1.0 if t_ == 0 else _exp(-(t_**2) * h)
