@@ -275,10 +275,10 @@ def test_optimize_method_elbo_dp():
     from dpmsched.optimize import METHODS, optimize
 
     assert "elbo-dp" in METHODS
-    s = optimize("digits-empirical", "elbo-dp", 3, stride=250, n_train=24, batch=64)
+    s = optimize("digits-empirical", "elbo-dp", 3, candidates=4, n_train=24, batch=64)
     assert s.steps == 3 and s.has_final_zero and s.name == "elbo-dp"
     path = s.meta["path"]
-    assert path[0] == 0 and path[-1] == 1000 and set(path[1:-1]) <= {1, 250, 500, 750}
+    assert path[0] == 0 and path[-1] == 1000 and set(path[1:-1]) <= {1, 112, 445}
     assert s.meta["bits_per_dim"] > 0 and s.meta["bits_per_dim_train"] > 0
 
 
@@ -286,7 +286,7 @@ def test_cli_elbo_table(tmp_path):
     from dpmsched.__main__ import main
 
     out, cache = tmp_path / "t.json", tmp_path / "cache"
-    argv = ["elbo-table", "--model", "digits-empirical", "--ks", "2,3", "--stride", "500", "--n-train", "16",
+    argv = ["elbo-table", "--model", "digits-empirical", "--ks", "2,3", "--candidates", "3", "--n-train", "16",
             "--n-test", "8", "--cache-dir", str(cache), "--out", str(out)]
     assert main(argv) == 0
     r = json.loads(out.read_text())
@@ -296,3 +296,47 @@ def test_cli_elbo_table(tmp_path):
     assert math.isfinite(r["full"]) and len(list(cache.glob("*.json"))) == 2
     with pytest.raises(SystemExit):
         main(["elbo-table", "--ks", "a,b", "--out", str(out)])
+
+
+# -- the exact discrete model (dpmsched.denoisers.discrete) ---------------------------------------------------
+def _random_mixture(K=3, d=2, L=3, seed=0):
+    from dpmsched.denoisers.discrete import FactorizedMixture
+
+    g = torch.Generator().manual_seed(seed)
+    return FactorizedMixture(torch.rand(K, generator=g) + 0.1, torch.rand(K, d, L, generator=g) + 0.05)
+
+
+def _grid_points(d, L):
+    v = torch.linspace(-1, 1, L, dtype=torch.float64)
+    return torch.cartesian_prod(*[v] * d).reshape(-1, d)
+
+
+def test_factorized_mixture_pmf_and_denoiser_by_enumeration():
+    m = _random_mixture()
+    pts = _grid_points(2, 3)
+    logp = m.log_pmf(pts)
+    assert float(torch.exp(logp).sum()) == pytest.approx(1.0, abs=1e-12)
+    y = torch.randn(7, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for sigma in (0.01, 0.3, 2.0, 50.0):
+        logw = logp[None] - ((y[:, None, :] - pts[None]) ** 2).sum(2) / (2 * sigma**2)      # (7, 9)
+        brute = torch.softmax(logw, 1) @ pts
+        assert torch.allclose(m(y, sigma), brute, atol=1e-12, rtol=1e-10)
+
+
+def test_factorized_mixture_fit_sample_and_errors():
+    from dpmsched.denoisers.discrete import FactorizedMixture
+
+    x = digits("train", dtype=torch.float64)[:300]
+    short, long = FactorizedMixture.fit(x, 5, iters=2), FactorizedMixture.fit(x, 5, iters=30)
+    assert float(long.log_pmf(x).mean()) > float(short.log_pmf(x).mean())          # EM climbs
+    s = long.sample(4000, torch.Generator().manual_seed(0))
+    assert s.shape == (4000, 1, 8, 8) and torch.isfinite(long.log_pmf(s)).all()
+    # the mean image of the samples matches the model's
+    mean = (torch.exp(long.log_w)[:, None, None] * long._pv).sum((0, 2)).reshape(1, 8, 8)
+    assert torch.allclose(s.mean(0), mean, atol=0.1)
+    with pytest.raises(ValueError, match="grid"):
+        FactorizedMixture.fit(x + 0.01, 3)
+    with pytest.raises(ValueError, match="shape"):
+        long(torch.zeros(2, 64), 1.0)
+    with pytest.raises(ValueError, match="> 0"):
+        FactorizedMixture(torch.ones(2), torch.zeros(2, 3, 4))

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 __all__ = ["ELBOTerms", "VARIANCES", "alphas_bar", "jump_variances", "edge_coefficients", "gaussian_kl", "discretized_gaussian_nll",
-           "decoder_variance", "prior_kl", "as_ddpm", "estimate_terms", "cached_terms", "dp_paths",
-           "stride_path", "check_path", "path_to_schedule", "optimize_elbo_dp", "elbo_table", "cli_elbo_table"]
+           "decoder_variance", "prior_kl", "as_ddpm", "load_ddpm", "estimate_terms", "cached_terms", "dp_paths",
+           "stride_path", "candidate_steps", "check_path", "path_to_schedule", "optimize_elbo_dp", "elbo_table", "cli_elbo_table", "clamped", "sample_schedule"]
 
 VARIANCES = ("small", "large")
 
@@ -148,6 +148,26 @@ def as_ddpm(denoiser, noise=None, name: str | None = None):
 
     return VPDenoiser(eps, noise, "epsilon", getattr(denoiser, "event_shape", ()),
                       name=name or f"ddpm({getattr(denoiser, 'name', type(denoiser).__name__)})")
+
+
+def load_ddpm(name: str):
+    """A discrete ε-DDPM by name: ``"digits-catmix"`` — the exact ε-model of a mixture of 20 factorized
+    17-level categoricals fitted to the digits train split (:class:`~dpmsched.denoisers.discrete.FactorizedMixture`,
+    EM seed 0; its exact NLL is ``model.mixture.log_pmf``), wrapped by :func:`as_ddpm` with T = 1000 linear β;
+    otherwise :func:`dpmsched.denoisers.load` (``"digits-ddpm"`` …), an EDM denoiser wrapped by :func:`as_ddpm`.
+    """
+    if name == "digits-catmix":
+        from ..data import DIGITS_LEVELS, digits
+        from ..denoisers.discrete import FactorizedMixture
+
+        mix = FactorizedMixture.fit(digits("train", dtype=torch.float64), components=20, levels=DIGITS_LEVELS, seed=0)
+        model = as_ddpm(mix, name=name)
+        model.mixture = mix
+        return model
+    from ..denoisers import load
+
+    model = load(name)
+    return model if hasattr(model, "eps") else as_ddpm(model)
 
 
 def _eps_model(model):
@@ -407,6 +427,14 @@ def stride_path(T: int, K: int, power: float = 1.0) -> np.ndarray:
     return np.concatenate([[0], s])
 
 
+def candidate_steps(T: int, n: int = 0) -> np.ndarray:
+    """The DP's candidate steps: all of 1..T (``n`` = 0), else the ``n`` steps of the quadratic stride
+    (:func:`stride_path` with power 2: 1 and T included, dense near the data, where L(t, s) changes fastest)."""
+    if not (isinstance(n, (int, np.integer)) and 0 <= n <= T):
+        raise ValueError(f"the number of candidate steps must be an integer in 0..{T}, got {n!r}")
+    return np.arange(1, T + 1) if n == 0 else stride_path(T, int(n), 2.0)[1:]
+
+
 def dp_paths(terms: ELBOTerms, ks, variance: str = "small"):
     """The ELBO-optimal path for each budget in ``ks`` (exact DP over the evaluated steps, §7.3).
 
@@ -436,30 +464,27 @@ def path_to_schedule(path, noise, name: str = "elbo-dp", meta: dict | None = Non
 
 # -- the optimizer registered as METHODS["elbo-dp"] ----------------------------------------------------
 def optimize_elbo_dp(model, steps: int, solver: str = "ddpm_ancestral", *, variance: str = "small",
-                     n_train: int = 0, stride: int = 1, clip: bool = True, seed: int = 0, cache: str = "",
+                     n_train: int = 0, candidates: int = 0, clip: bool = True, seed: int = 0, cache: str = "",
                      evaluate: bool = True, batch: int = 512):
     """Watson et al.'s ELBO-optimal K-step schedule of a discrete DDPM on the digits (§7.3).
 
-    Estimates the terms on the train split (``n_train`` images, 0 = all; candidate steps every ``stride``
-    plus 1 and T; cached in ``cache`` if given), runs the DP and returns the Schedule with
+    Estimates the terms on the train split (``n_train`` images, 0 = all; candidate steps: see
+    :func:`candidate_steps`; cached in ``cache`` if given), runs the DP and returns the Schedule with
     ``meta["path"]``, ``meta["bits_per_dim_train"]`` and (``evaluate``) ``meta["bits_per_dim"]`` on the
     test split.  ``solver`` only labels the schedule: the ELBO is that of the ancestral sampler with the
     chosen variance.  An EDM denoiser (e.g. ``"digits-empirical"``) is wrapped by :func:`as_ddpm`.
     """
     from ..data import DIGITS_LEVELS, digits
 
-    if not (isinstance(stride, int) and stride >= 1):
-        raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
     _, noise = _eps_model(model)
-    T = noise.T
-    grid = np.union1d(np.arange(T, 0, -stride), [1])
+    grid = candidate_steps(noise.T, candidates)
     train = digits("train", dtype=torch.float64)
     if n_train:
         train = train[:n_train]
     kw = dict(steps=grid, clip=clip, levels=DIGITS_LEVELS, seed=seed, batch=batch)
     terms = cached_terms(cache, model, train, meta={"split": "train"}, **kw)
     path, nelbo = dp_paths(terms, [steps], variance)[steps]
-    meta = {"variance": variance, "stride": stride, "n_train": terms.meta["n"],
+    meta = {"variance": variance, "candidates": int(grid.size), "n_train": terms.meta["n"],
             "bits_per_dim_train": nelbo / (terms.dim * math.log(2.0)), "terms_seconds": terms.meta["seconds"]}
     if evaluate:
         test = estimate_terms(model, digits("test", dtype=torch.float64), steps=path[1:], clip=clip,
@@ -472,15 +497,15 @@ def optimize_elbo_dp(model, steps: int, solver: str = "ddpm_ancestral", *, varia
 
 # -- Watson's table: even vs quadratic vs DP bits/dim per budget -----------------------------------------
 def elbo_table(model, ks=(2, 4, 8, 16, 32, 64), *, variance: str = "small", n_train: int = 0, n_test: int = 0,
-               stride: int = 1, clip: bool = True, seed: int = 0, cache_dir: str = "", batch: int = 512,
+               candidates: int = 0, clip: bool = True, seed: int = 0, cache_dir: str = "", batch: int = 512,
                progress: bool = False) -> dict:
     """Bits/dim on the digits test split of the even, quadratic and DP paths for each K in ``ks`` (§7.4).
 
-    The candidate steps S are every ``stride``-th step plus 1, T and the steps of the even and quadratic
-    paths (so the DP can always pick them: DP ≤ both on the train split by construction).  Terms are
+    The candidate steps S are :func:`candidate_steps` (``candidates`` of them, 0 = all T) plus the steps of
+    the even and quadratic paths (so the DP can always pick them: DP ≤ both on the train split by construction).  Terms are
     estimated on the train split (first ``n_train`` images, 0 = all) — the DP's input — and on the test
     split (``n_test``, 0 = all) with another seed — the evaluation.  ``full`` is the test bits/dim of the
-    path through all of S (the T-step value when ``stride`` = 1).  ``cache_dir``: where the two term files
+    path through all of S (the T-step value when ``candidates`` = 0).  ``cache_dir``: where the two term files
     are cached (``elbo-terms-<model>-<split>.json``).  Returns a JSON-ready dict with the lists aligned with
     ``ks``, the DP paths, the train-split values and the timings.
     """
@@ -491,12 +516,10 @@ def elbo_table(model, ks=(2, 4, 8, 16, 32, 64), *, variance: str = "small", n_tr
     ks = [int(k) for k in ks]
     _, noise = _eps_model(model)
     T = noise.T
-    if not (isinstance(stride, int) and stride >= 1):
-        raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
     if not ks or min(ks) < 1 or max(ks) > T:
         raise ValueError(f"ks must lie in 1..{T}, got {ks}")
     base = {k: {"even": stride_path(T, k, 1.0), "quadratic": stride_path(T, k, 2.0)} for k in ks}
-    cand = np.union1d(np.arange(T, 0, -stride), [1])
+    cand = candidate_steps(T, candidates)
     for b in base.values():
         cand = np.union1d(cand, np.concatenate([b["even"][1:], b["quadratic"][1:]]))
     name = str(getattr(model, "name", "model")).replace("/", "_")
@@ -513,7 +536,7 @@ def elbo_table(model, ks=(2, 4, 8, 16, 32, 64), *, variance: str = "small", n_tr
     dp = dp_paths(tr, ks, variance)
     dp_seconds = time.perf_counter() - t0
     bpd = 1.0 / (tr.dim * math.log(2.0))
-    out = {"ks": ks, "variance": variance, "model": getattr(model, "name", ""), "T": T, "stride": stride,
+    out = {"ks": ks, "variance": variance, "model": getattr(model, "name", ""), "T": T, "candidates_requested": candidates,
            "candidates": int(cand.size), "n_train": tr.meta["n"], "n_test": te.meta["n"], "clip": clip,
            "levels": DIGITS_LEVELS, "seed": seed,
            "even": [te.bits_per_dim(base[k]["even"], variance) for k in ks],
@@ -537,14 +560,13 @@ def cli_elbo_table(argv: list[str]) -> int:
     import argparse
 
     from ..checkpoints import atomic_write_text
-    from ..denoisers import load
 
     p = argparse.ArgumentParser(prog="python -m dpmsched elbo-table", description=cli_elbo_table.__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="digits-ddpm", help="a discrete ε-DDPM, or an EDM denoiser (wrapped, T=1000)")
     p.add_argument("--ks", default="2,4,8,16,32,64", help="comma-separated step budgets K")
     p.add_argument("--variance", default="small", choices=VARIANCES, help="reverse-kernel variance")
-    p.add_argument("--stride", type=int, default=1, help="candidate steps: every stride-th step (1 = all T)")
+    p.add_argument("--candidates", type=int, default=0, help="candidate steps, quadratically spaced (0 = all T)")
     p.add_argument("--n-train", type=int, default=0, help="train images for the DP (0 = all 1437)")
     p.add_argument("--n-test", type=int, default=0, help="test images for the evaluation (0 = all 360)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the estimation")
@@ -556,10 +578,45 @@ def cli_elbo_table(argv: list[str]) -> int:
         ks = [int(k) for k in a.ks.split(",") if k.strip()]
     except ValueError:
         raise SystemExit(f"--ks expects comma-separated integers, got {a.ks!r}") from None
-    res = elbo_table(load(a.model), ks, variance=a.variance, n_train=a.n_train, n_test=a.n_test, stride=a.stride,
+    res = elbo_table(load_ddpm(a.model), ks, variance=a.variance, n_train=a.n_train, n_test=a.n_test, candidates=a.candidates,
                      clip=not a.no_clip, seed=a.seed, cache_dir=a.cache_dir, progress=True)
     atomic_write_text(a.out, json.dumps(res, indent=1))
     for k, e, q, d in zip(res["ks"], res["even"], res["quadratic"], res["dp"]):
         print(f"K={k:>4}  even {e:.4f}  quadratic {q:.4f}  dp {d:.4f}  bits/dim")
     print(f"full ({res['candidates']} steps): {res['full']:.4f} bits/dim -> wrote {a.out}")
     return 0
+
+
+# -- samples along a path (for "ELBO-optimal ≠ sample-quality-optimal") --------------------------------
+def clamped(denoiser):
+    """The denoiser with x̂0 clamped to [−1, 1]: the mean function whose ELBO ``estimate_terms(clip=True)`` computes."""
+    def den(x, sigma):
+        return denoiser(x, sigma).clamp(-1.0, 1.0)
+
+    for a in ("event_shape", "sigma_min", "sigma_max", "name", "noise"):
+        if hasattr(denoiser, a):
+            setattr(den, a, getattr(denoiser, a))
+    return den
+
+
+@torch.no_grad()
+def sample_schedule(model, schedule, n: int, *, solver: str = "ddpm_ancestral", seed: int = 0, clip: bool = True,
+                    batch: int = 1024) -> torch.Tensor:
+    """``n`` samples (n, *event) of ``model`` along ``schedule`` (e.g. from :func:`path_to_schedule`).
+
+    ``solver="ddpm_ancestral"`` with the posterior variance is exactly the generative model whose "small"
+    ELBO the DP optimises (the last jump outputs the decoder's mean x̂0); ``"euler"`` is deterministic DDIM.
+    The noise x_T = σ_0 z and the solver's noise come from ``seed``, so two schedules see the same z.
+    """
+    from .. import solvers
+
+    fn = solvers.get(solver)
+    den = clamped(model) if clip else model
+    g = torch.Generator().manual_seed(int(seed))
+    dtype = next((p.dtype for p in getattr(model, "parameters", lambda: iter(()))()), torch.float64)
+    z = torch.randn(int(n), *model.event_shape, generator=g, dtype=dtype)
+    out = []
+    for i in range(0, int(n), batch):
+        kw = {"generator": g} if solver in ("ddpm_ancestral", "ddim", "sa_solver") else {}
+        out.append(fn(den, float(schedule.sigmas[0]) * z[i:i + batch], schedule, **kw))
+    return torch.cat(out)
