@@ -34,7 +34,7 @@ import torch
 
 __all__ = ["ELBOTerms", "VARIANCES", "alphas_bar", "jump_variances", "edge_coefficients", "gaussian_kl", "discretized_gaussian_nll",
            "decoder_variance", "prior_kl", "as_ddpm", "load_ddpm", "estimate_terms", "cached_terms", "dp_paths",
-           "stride_path", "candidate_steps", "check_path", "path_to_schedule", "optimize_elbo_dp", "elbo_table", "cli_elbo_table", "clamped", "sample_schedule", "sample_quality"]
+           "stride_path", "candidate_steps", "check_path", "path_to_schedule", "optimize_elbo_dp", "table_terms", "elbo_table", "cli_elbo_table", "clamped", "sample_schedule", "sample_quality"]
 
 VARIANCES = ("small", "large")
 
@@ -497,18 +497,15 @@ def optimize_elbo_dp(model, steps: int, solver: str = "ddpm_ancestral", *, varia
 
 
 # -- Watson's table: even vs quadratic vs DP bits/dim per budget -----------------------------------------
-def elbo_table(model, ks=(2, 4, 8, 16, 32, 64), *, variance: str = "small", n_train: int = 0, n_test: int = 0,
-               candidates: int = 0, clip: bool = True, seed: int = 0, cache_dir: str = "", batch: int = 512,
-               progress: bool = False) -> dict:
-    """Bits/dim on the digits test split of the even, quadratic and DP paths for each K in ``ks`` (§7.4).
+def table_terms(model, ks, *, n_train: int = 0, n_test: int = 0, candidates: int = 0, clip: bool = True,
+                seed: int = 0, cache_dir: str = "", batch: int = 512, progress: bool = False):
+    """The candidate steps and the train/test ELBO terms of Watson's table (§7.3–7.4), cached.
 
-    The candidate steps S are :func:`candidate_steps` (``candidates`` of them, 0 = all T) plus the steps of
-    the even and quadratic paths (so the DP can always pick them: DP ≤ both on the train split by construction).  Terms are
-    estimated on the train split (first ``n_train`` images, 0 = all) — the DP's input — and on the test
-    split (``n_test``, 0 = all) with another seed — the evaluation.  ``full`` is the test bits/dim of the
-    path through all of S (the T-step value when ``candidates`` = 0).  ``cache_dir``: where the two term files
-    are cached (``elbo-terms-<model>-<split>.json``).  Returns a JSON-ready dict with the lists aligned with
-    ``ks``, the DP paths, the train-split values and the timings.
+    Candidates S: :func:`candidate_steps` (``candidates`` of them, 0 = all T) plus every step of the even and
+    quadratic paths of each K in ``ks`` (so the DP can always pick them).  Terms on the first ``n_train`` train
+    images (0 = all) with ``seed`` — the DP's input — and on the first ``n_test`` test images (0 = all) with
+    ``seed + 1`` — the evaluation; cached in ``cache_dir/elbo-terms-<model>-<split>.json`` ('' = off).
+    Returns ``(S, train_terms, test_terms)``; |S| network passes per split.
     """
     from pathlib import Path
 
@@ -519,10 +516,9 @@ def elbo_table(model, ks=(2, 4, 8, 16, 32, 64), *, variance: str = "small", n_tr
     T = noise.T
     if not ks or min(ks) < 1 or max(ks) > T:
         raise ValueError(f"ks must lie in 1..{T}, got {ks}")
-    base = {k: {"even": stride_path(T, k, 1.0), "quadratic": stride_path(T, k, 2.0)} for k in ks}
     cand = candidate_steps(T, candidates)
-    for b in base.values():
-        cand = np.union1d(cand, np.concatenate([b["even"][1:], b["quadratic"][1:]]))
+    for k in ks:
+        cand = np.union1d(cand, np.concatenate([stride_path(T, k, 1.0)[1:], stride_path(T, k, 2.0)[1:]]))
     name = str(getattr(model, "name", "model")).replace("/", "_")
 
     def terms(split, n, s):
@@ -532,7 +528,27 @@ def elbo_table(model, ks=(2, 4, 8, 16, 32, 64), *, variance: str = "small", n_tr
         return cached_terms(path, model, x, steps=cand, clip=clip, levels=DIGITS_LEVELS, seed=s, batch=batch,
                             progress=progress, meta={"split": split})
 
-    tr, te = terms("train", n_train, seed), terms("test", n_test, seed + 1)
+    return cand, terms("train", n_train, seed), terms("test", n_test, seed + 1)
+
+
+def elbo_table(model, ks=(2, 4, 8, 16, 32, 64), *, variance: str = "small", n_train: int = 0, n_test: int = 0,
+               candidates: int = 0, clip: bool = True, seed: int = 0, cache_dir: str = "", batch: int = 512,
+               progress: bool = False) -> dict:
+    """Bits/dim on the digits test split of the even, quadratic and DP paths for each K in ``ks`` (§7.4).
+
+    Candidate steps S and the train/test terms: :func:`table_terms` (S contains the even and quadratic steps,
+    so DP ≤ both on the train split by construction; the DP picks on train, every path is scored on test).
+    ``full`` is the test bits/dim of the path through all of S (the T-step value when ``candidates`` = 0).
+    Returns a JSON-ready dict with the lists aligned with ``ks``, the DP paths, the train-split values and
+    the timings.
+    """
+    from ..data import DIGITS_LEVELS
+
+    ks = [int(k) for k in ks]
+    cand, tr, te = table_terms(model, ks, n_train=n_train, n_test=n_test, candidates=candidates, clip=clip,
+                               seed=seed, cache_dir=cache_dir, batch=batch, progress=progress)
+    T = tr.T
+    base = {k: {"even": stride_path(T, k, 1.0), "quadratic": stride_path(T, k, 2.0)} for k in ks}
     t0 = time.perf_counter()
     dp = dp_paths(tr, ks, variance)
     dp_seconds = time.perf_counter() - t0
