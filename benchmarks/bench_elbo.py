@@ -77,7 +77,8 @@ def main(argv=None):
     p.add_argument("--n-test", type=int, default=0, help="0 = all 360")
     p.add_argument("--n-samples", type=int, default=512, help="samples per schedule for the sample quality")
     p.add_argument("--quality-kmax", type=int, default=16, help="largest K of the sample-quality comparison")
-    p.add_argument("--cache-dir", default=str(OUT.parent / "runs" / "elbo-cache"))
+    p.add_argument("--cache-dir", default=str(OUT / "elbo-cache"),
+                   help="the train/test ELBO terms (shipped: notebook 02 reads them)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     cmd = ("OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_elbo.py "

@@ -14,6 +14,8 @@ NOTEBOOKS = sorted(NB_DIR.glob("[0-9]*.ipynb"))
 SMALL = {
     "01_theorem.ipynb": ({"steps": 3, "rho": 3.0, "mixture": "grid", "n_samples": 64, "gauss_steps": 5,
                           "data_std": 1.0, "seed": 1}, "bound_optimal"),
+    "02_watson_dp.ipynb": ({"model": "digits-ddpm", "ks": "2,4", "candidates": 8, "n_train": 128, "n_test": 128,
+                            "sample_k": 4, "n_samples": 64, "cache_dir": "", "seed": 1}, "bits_per_dim"),
 }
 
 
