@@ -340,3 +340,20 @@ def test_factorized_mixture_fit_sample_and_errors():
         long(torch.zeros(2, 64), 1.0)
     with pytest.raises(ValueError, match="> 0"):
         FactorizedMixture(torch.ones(2), torch.zeros(2, 3, 4))
+
+
+# -- samples along a path ---------------------------------------------------------------------------------
+def test_sample_quality_shares_noise_and_ranks_truncation_error(digit_sets):
+    y, _ = digit_sets
+    model = elbo.as_ddpm(Empirical(y))                            # exact ε-model, T = 1000
+    T = model.noise.T
+    fine = elbo.path_to_schedule(elbo.stride_path(T, 24, 2.0), model.noise, "fine")
+    coarse = elbo.path_to_schedule(elbo.stride_path(T, 2, 2.0), model.noise, "coarse")
+    q = elbo.sample_quality(model, {"a": fine, "b": fine, "c": coarse}, 48, seed=1, n_ref=16, ref_steps=12)
+    assert q["a"]["fd_ancestral"] == q["b"]["fd_ancestral"] and q["a"]["fd_ddim"] == q["b"]["fd_ddim"]
+    assert torch.equal(q["a"]["samples"], q["b"]["samples"]) and q["a"]["samples"].shape == (48, 1, 8, 8)
+    assert q["a"]["trunc_ddim"] < 0.5 * q["c"]["trunc_ddim"]      # more steps, smaller DDIM truncation error
+    with pytest.raises(ValueError, match="sigma_max"):
+        elbo.sample_quality(model, {"x": fine.without_final_zero()}, 4, n_ref=2, ref_steps=2)
+    with pytest.raises(ValueError, match="rows"):
+        elbo.sample_schedule(model, fine, 4, z=torch.zeros(3, 1, 8, 8, dtype=torch.float64))
