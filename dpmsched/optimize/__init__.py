@@ -19,6 +19,7 @@ METHODS: dict[str, str] = {
     "uniform-t": "dpmsched.optimize.baselines:uniform_t",
     "quadratic-t": "dpmsched.optimize.baselines:quadratic_t",
     "cosine": "dpmsched.optimize.baselines:cosine",
+    "elbo-dp": "dpmsched.optimize.elbo:optimize_elbo_dp",
 }
 
 
