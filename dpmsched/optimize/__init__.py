@@ -20,6 +20,13 @@ METHODS: dict[str, str] = {
     "quadratic-t": "dpmsched.optimize.baselines:quadratic_t",
     "cosine": "dpmsched.optimize.baselines:cosine",
     "elbo-dp": "dpmsched.optimize.elbo:optimize_elbo_dp",
+    "karras-tuned": "dpmsched.optimize.direct:karras_tuned",
+    "huang": "dpmsched.optimize.bound:huang",
+    "bound-prop": "dpmsched.optimize.bound:bound_prop",
+    "ots": "dpmsched.optimize.ots:ots",
+    "gits": "dpmsched.optimize.gits:gits",
+    "ays": "dpmsched.optimize.ays:ays",
+    "direct": "dpmsched.optimize.direct:direct",
 }
 
 
