@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # two pytest workers on a 2-core machine, one torch thread each
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-py test-nb lab strip bench clean
+.PHONY: setup demo test test-py test-nb lab strip bench clean sweep test-ui
 
 setup: $(STAMP)
 
@@ -44,6 +44,13 @@ strip: $(STAMP)
 ## make bench: every benchmarks/bench_*.py (each writes benchmarks/<name>.json + .md, ratios vs a baseline of the same run)
 bench: $(STAMP)
 	@set -e; for f in $(sort $(wildcard benchmarks/bench_*.py)); do echo "== $$f"; $(PY) $$f; done
+
+## make sweep [GRID=sweeps/example.yaml] [WORKERS=2]: papermill runs over a grid into runs/<nb>/, then the report
+GRID    ?= sweeps/example.yaml
+WORKERS ?= 2
+sweep: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m dpmsched sweep $(GRID) --workers $(WORKERS) --out runs
+	$(PY) -m dpmsched report runs
 
 clean:
 	rm -rf runs .pytest_cache
