@@ -178,6 +178,17 @@ def _fmt_params(params: dict) -> str:
     return " ".join(f"{k}={v!r}" for k, v in params.items())
 
 
+def _last_line(error: str) -> str:
+    """The last non-empty line of a traceback (the exception), at most 300 characters."""
+    return ([ln for ln in error.strip().splitlines() if ln.strip()][-1:] or ["?"])[0][:300]
+
+
+def _log_failures(name: str, failed: list[dict], log) -> None:
+    """Each failed run's parameters and full traceback."""
+    for rec in failed:
+        log(f"\n--- FAILED {name} {_fmt_params(rec['parameters'])}\n{rec['error'].strip()}")
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an exception so the sweep can stop its workers before it exits."""
 
@@ -231,8 +242,9 @@ def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures:
                 log(f"[{n}/{len(todo)}] ok      {rec['seconds']:7.1f} s  {_fmt_params(p)}")
             else:
                 failed.append(rec)
-                log(f"[{n}/{len(todo)}] FAILED  {rec['seconds']:7.1f} s  {_fmt_params(p)}")
+                log(f"[{n}/{len(todo)}] FAILED  {rec['seconds']:7.1f} s  {_fmt_params(p)}: {_last_line(rec['error'])}")
     except KeyboardInterrupt:
+        _log_failures(notebook.name, failed, log)
         log(f"interrupted: stopping {len(getattr(pool, '_processes', None) or {})} worker(s); "
             f"{len(ran)} run(s) finished this time, re-run the sweep to do the rest")
         # ProcessPoolExecutor has no public "kill the workers": without this, shutdown would wait
@@ -245,8 +257,7 @@ def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures:
         pool.shutdown(wait=True, cancel_futures=True)
         if old is not None:
             signal.signal(signal.SIGTERM, old)
-    for rec in failed:
-        log(f"\n--- FAILED {notebook.name} {_fmt_params(rec['parameters'])}\n{rec['error'].strip()}")
+    _log_failures(notebook.name, failed, log)
     log(f"{notebook.name}: {len(ran) - len(failed)} ok, {len(failed)} failed, {len(skipped)} skipped")
     return {"ran": ran, "skipped": skipped, "failed": failed}
 
@@ -261,7 +272,11 @@ def cli_sweep(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=2, help="notebooks run at a time (default: 2)")
     p.add_argument("--figures", action="store_true", help="save each run's figures to runs/<nb>/<hash>.figures/")
     a = p.parse_args(argv)
-    notebook, runs = load_grid(a.grid)
+    try:
+        notebook, runs = load_grid(a.grid)
+    except (FileNotFoundError, ValueError, TypeError) as e:   # a bad grid file: say what, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         res = run_sweep(notebook, runs, a.out, a.workers, a.figures, log=lambda s: print(s, flush=True))
     except _Terminated:
@@ -355,8 +370,7 @@ def report_table(records: list[dict], keys: list[str] | None = None) -> str:
         cells = [r["parameters"].get(n) for n in vary] + [flat.get(k) for k in keys] + [r["seconds"]]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     for r in bad:
-        last = [ln for ln in r.get("error", "").strip().splitlines() if ln.strip()][-1:] or ["?"]
-        lines += ["", f"**failed** `{_fmt_params(r['parameters'])}`: {_cell(last[0][:300])} "
+        lines += ["", f"**failed** `{_fmt_params(r['parameters'])}`: {_cell(_last_line(r.get('error', '')))} "
                       f"(full traceback: `{r['hash']}.failed.json`)"]
     return "\n".join(lines)
 
