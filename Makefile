@@ -52,6 +52,12 @@ sweep: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m dpmsched sweep $(GRID) --workers $(WORKERS) --out runs
 	$(PY) -m dpmsched report runs
 
+## make test-ui: opt-in real-browser test (JupyterLab on 127.0.0.1 + Debian chromium via Playwright; not in make test)
+## needs: apt-get install -y chromium; screenshots in runs/ui/
+test-ui: $(STAMP)
+	@$(PY) -c "import playwright" 2>/dev/null || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pip install --quiet -e ".[ui]"
+	DPMSCHED_UI=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests/ui -q
+
 clean:
 	rm -rf runs .pytest_cache
 

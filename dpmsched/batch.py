@@ -79,12 +79,16 @@ def save_results(results: dict, path: str) -> dict:
 
 
 def run_notebook(path, out_path, parameters: dict | None = None, results_json=None, cwd=None,
-                 progress_bar: bool = False) -> dict:
+                 progress_bar: bool = False, cell_timeout: float | None = None) -> dict:
     """Execute one notebook with papermill; returns ``{"notebook", "seconds", "results", "error"}``.
 
     ``results_json`` (a path) is passed to the notebook as its ``results_json`` parameter and read
     back afterwards.  The notebook runs with its own folder as working directory unless ``cwd``.
+    ``cell_timeout`` (seconds, None: no limit) stops a cell that runs longer, or a kernel that stops
+    answering, with an error instead of waiting forever.
     """
+    if cell_timeout is not None and not (isinstance(cell_timeout, (int, float)) and cell_timeout > 0):
+        raise ValueError(f"cell_timeout must be a positive number of seconds or None, got {cell_timeout!r}")
     import papermill as pm
 
     path, out_path = Path(path), Path(out_path)
@@ -96,7 +100,8 @@ def run_notebook(path, out_path, parameters: dict | None = None, results_json=No
     error = None
     try:
         pm.execute_notebook(str(path), str(out_path), parameters=params, cwd=str(cwd or path.parent),
-                            progress_bar=progress_bar, kernel_name="python3")
+                            progress_bar=progress_bar, kernel_name="python3",
+                            execution_timeout=None if cell_timeout is None else math.ceil(cell_timeout))
     except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
         error = f"{type(e).__name__}: {e}"
     seconds = time.perf_counter() - t0

@@ -47,6 +47,8 @@ __all__ = ["load_grid", "params_hash", "expand_grid", "is_finished", "run_sweep"
 RESERVED = ("results_json", "figures_dir")
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# one cell running longer than this (or a kernel that stops answering) fails its run instead of stalling the sweep
+DEFAULT_CELL_TIMEOUT = 600.0
 
 
 def params_hash(params: dict) -> str:
@@ -148,7 +150,7 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=poll, daemon=True).start()
 
 
-def _run_one(notebook: str, params: dict, out_dir: str, figures: bool) -> dict:
+def _run_one(notebook: str, params: dict, out_dir: str, figures: bool, cell_timeout: float | None = None) -> dict:
     """Pool task: one papermill run; writes its record (or failure record) atomically and returns it."""
     out_dir, h = Path(out_dir), params_hash(params)
     nb_results = out_dir / f".{h}.notebook-results.json"
@@ -156,7 +158,8 @@ def _run_one(notebook: str, params: dict, out_dir: str, figures: bool) -> dict:
     if figures:
         run_params["figures_dir"] = str((out_dir / f"{h}.figures").resolve())
     try:
-        row = run_notebook(notebook, out_dir / f"{h}.ipynb", run_params, results_json=nb_results)
+        row = run_notebook(notebook, out_dir / f"{h}.ipynb", run_params, results_json=nb_results,
+                           cell_timeout=cell_timeout)
         error = row["error"]
     except Exception:
         row, error = {"seconds": float("nan"), "results": {}}, traceback.format_exc()
@@ -198,13 +201,14 @@ def _raise_terminated(signum, frame):
 
 
 def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures: bool = False,
-              log=print) -> dict:
+              log=print, cell_timeout: float | None = DEFAULT_CELL_TIMEOUT) -> dict:
     """Run ``notebook`` once per parameter dict in ``runs`` (``workers`` at a time), skipping finished runs.
 
     Writes into ``out/<notebook stem>/`` as described in the module docstring.  Returns
     ``{"ran": [record...], "skipped": [hash...], "failed": [record...]}`` (failed ⊂ ran).  On SIGTERM
     or Ctrl-C it stops the workers (their kernels follow) and re-raises ``KeyboardInterrupt``;
-    finished runs keep their records, unfinished ones leave none.
+    finished runs keep their records, unfinished ones leave none.  A cell running longer than
+    ``cell_timeout`` seconds (None: no limit) fails its run, so one hung kernel cannot stall the sweep.
     """
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
@@ -228,7 +232,7 @@ def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures:
     pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn"),
                                initializer=_watch_parent, initargs=(os.getpid(),))
     try:
-        futures = {pool.submit(_run_one, str(notebook), p, str(out_dir), figures): p for p in todo}
+        futures = {pool.submit(_run_one, str(notebook), p, str(out_dir), figures, cell_timeout): p for p in todo}
         for fut in as_completed(futures):
             p = futures[fut]
             try:
@@ -271,6 +275,8 @@ def cli_sweep(argv: list[str]) -> int:
     p.add_argument("--out", default="runs", help="output folder (default: runs)")
     p.add_argument("--workers", type=int, default=2, help="notebooks run at a time (default: 2)")
     p.add_argument("--figures", action="store_true", help="save each run's figures to runs/<nb>/<hash>.figures/")
+    p.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT,
+                   help=f"seconds one cell may run before its run fails (default: {DEFAULT_CELL_TIMEOUT:g}; 0: no limit)")
     a = p.parse_args(argv)
     try:
         notebook, runs = load_grid(a.grid)
@@ -278,7 +284,8 @@ def cli_sweep(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        res = run_sweep(notebook, runs, a.out, a.workers, a.figures, log=lambda s: print(s, flush=True))
+        res = run_sweep(notebook, runs, a.out, a.workers, a.figures, log=lambda s: print(s, flush=True),
+                        cell_timeout=a.cell_timeout or None)
     except _Terminated:
         return 143
     except KeyboardInterrupt:

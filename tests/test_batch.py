@@ -210,6 +210,18 @@ def test_papermill_bool_for_int_fails_naming_the_parameter(tmp_path, tiny_nb):
     assert res["results"] == {} and not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
+def test_a_hung_cell_fails_its_run_after_the_cell_timeout(tmp_path, tiny_nb):
+    """x=3 waits for a gate file that never comes: the run ends with a timeout error, not never."""
+    t0 = time.monotonic()
+    res = run_notebook(tiny_nb, tmp_path / "out.ipynb", {"x": 3, "gate": str(tmp_path / "never")},
+                       results_json=tmp_path / "r.json", cell_timeout=2)
+    assert res["error"] and "timed out" in res["error"] and res["results"] == {}, res["error"]
+    assert time.monotonic() - t0 < 60
+    with pytest.raises(ValueError, match="cell_timeout must be a positive number"):
+        run_notebook(tiny_nb, tmp_path / "out.ipynb", {}, cell_timeout=0)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
