@@ -125,13 +125,26 @@ def run_all(notebooks, out_dir="runs", parameters: dict | None = None) -> list[d
     return rows
 
 
+def last_line(error: str) -> str:
+    """The last non-empty line of a traceback (the exception itself), at most 300 characters."""
+    return ([ln for ln in (error or "").strip().splitlines() if ln.strip()][-1:] or ["?"])[0][:300]
+
+
+def md_cell(v) -> str:
+    """``v`` as a markdown table cell: floats to 4 significant digits, ``|`` escaped, None empty."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
+
+
 def summary_table(rows: list[dict]) -> str:
-    """A markdown table: notebook, status, seconds, and each notebook's ``headline`` result."""
+    """A markdown table: notebook, status, seconds, and each notebook's ``headline`` result
+    (for a failed notebook: the exception, the traceback's last line)."""
     lines = ["| notebook | status | seconds | headline |", "|---|---|---|---|"]
     for r in rows:
         status = "FAILED" if r["error"] else "ok"
-        head = r["results"].get("headline", "") if r["results"] else (r["error"] or "")[:120]
-        lines.append(f"| {r['notebook']} | {status} | {r['seconds']:.1f} | {head} |")
+        head = last_line(r["error"]) if r["error"] else (r["results"] or {}).get("headline", "")
+        lines.append(f"| {r['notebook']} | {status} | {r['seconds']:.1f} | {md_cell(head)} |")
     total = sum(r["seconds"] for r in rows)
     lines.append(f"| **total** | {sum(not r['error'] for r in rows)}/{len(rows)} ok | {total:.1f} | |")
     return "\n".join(lines)

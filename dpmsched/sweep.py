@@ -37,7 +37,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .batch import check_parameters, run_notebook
+from .batch import check_parameters, last_line, md_cell, run_notebook
 from .checkpoints import atomic_write_text
 
 __all__ = ["load_grid", "params_hash", "expand_grid", "is_finished", "run_sweep", "load_records",
@@ -181,11 +181,6 @@ def _fmt_params(params: dict) -> str:
     return " ".join(f"{k}={v!r}" for k, v in params.items())
 
 
-def _last_line(error: str) -> str:
-    """The last non-empty line of a traceback (the exception), at most 300 characters."""
-    return ([ln for ln in error.strip().splitlines() if ln.strip()][-1:] or ["?"])[0][:300]
-
-
 def _log_failures(name: str, failed: list[dict], log) -> None:
     """Each failed run's parameters and full traceback."""
     for rec in failed:
@@ -246,7 +241,7 @@ def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures:
                 log(f"[{n}/{len(todo)}] ok      {rec['seconds']:7.1f} s  {_fmt_params(p)}")
             else:
                 failed.append(rec)
-                log(f"[{n}/{len(todo)}] FAILED  {rec['seconds']:7.1f} s  {_fmt_params(p)}: {_last_line(rec['error'])}")
+                log(f"[{n}/{len(todo)}] FAILED  {rec['seconds']:7.1f} s  {_fmt_params(p)}: {last_line(rec['error'])}")
     except KeyboardInterrupt:
         _log_failures(notebook.name, failed, log)
         log(f"interrupted: stopping {len(getattr(pool, '_processes', None) or {})} worker(s); "
@@ -346,12 +341,6 @@ def _default_keys(records: list[dict]) -> list[str]:
     return sorted(keys)
 
 
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v).replace("|", "\\|")
-
-
 def _sort_key(rec, vary):
     return [(str(type(rec["parameters"].get(n))), rec["parameters"].get(n)) for n in vary]
 
@@ -375,9 +364,9 @@ def report_table(records: list[dict], keys: list[str] | None = None) -> str:
     for r in ok:
         flat = _flatten(r["results"])
         cells = [r["parameters"].get(n) for n in vary] + [flat.get(k) for k in keys] + [r["seconds"]]
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     for r in bad:
-        lines += ["", f"**failed** `{_fmt_params(r['parameters'])}`: {_cell(_last_line(r.get('error', '')))} "
+        lines += ["", f"**failed** `{_fmt_params(r['parameters'])}`: {md_cell(last_line(r.get('error', '')))} "
                       f"(full traceback: `{r['hash']}.failed.json`)"]
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpmsched.batch import check_parameters, run_notebook
+from dpmsched.batch import check_parameters, run_notebook, summary_table
 from dpmsched.sweep import (expand_grid, is_finished, load_grid, load_records, params_hash, report_figure,
                             report_table, write_report)
 
@@ -163,6 +163,16 @@ def test_is_finished_only_for_complete_matching_records(tmp_path):
     assert not is_finished(p, params)
     p.write_text(json.dumps({k: v for k, v in rec.items() if k != "results"}))
     assert not is_finished(p, params)
+
+
+def test_demo_summary_table_one_row_per_notebook_and_the_failure_in_one_line():
+    rows = [{"notebook": "01_a.ipynb", "seconds": 12.34, "results": {"headline": "err 1e-3 | 2x better"}, "error": None},
+            {"notebook": "02_b.ipynb", "seconds": 3.0, "results": {},
+             "error": "PapermillExecutionError: \n----\nTraceback\n  File x\nValueError: steps must be >= 1\n"}]
+    lines = summary_table(rows).splitlines()
+    assert lines[2] == "| 01_a.ipynb | ok | 12.3 | err 1e-3 \\| 2x better |"
+    assert lines[3] == "| 02_b.ipynb | FAILED | 3.0 | ValueError: steps must be >= 1 |"
+    assert lines[4] == "| **total** | 1/2 ok | 15.3 | |" and len(lines) == 5
 
 
 def _rec(params, status="ok", **results):
