@@ -22,7 +22,12 @@ from pathlib import Path
 
 from .checkpoints import atomic_write_text
 
-__all__ = ["check_parameters", "save_results", "run_notebook", "run_all", "strip_notebook", "cli_demo", "cli_strip"]
+__all__ = ["check_parameters", "save_results", "run_notebook", "run_all", "summary_table", "last_line", "md_cell",
+           "strip_notebook", "cli_demo", "cli_strip", "DEFAULT_CELL_TIMEOUT"]
+
+#: seconds one cell may run in the demo and in sweeps before its run fails; a kernel that stops answering
+#: (seen once in a sweep on the shared machine) then costs this long instead of stalling everything
+DEFAULT_CELL_TIMEOUT = 600.0
 
 _IPY_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
@@ -111,7 +116,8 @@ def run_notebook(path, out_path, parameters: dict | None = None, results_json=No
     return {"notebook": path.name, "seconds": seconds, "results": results, "error": error}
 
 
-def run_all(notebooks, out_dir="runs", parameters: dict | None = None) -> list[dict]:
+def run_all(notebooks, out_dir="runs", parameters: dict | None = None,
+            cell_timeout: float | None = DEFAULT_CELL_TIMEOUT) -> list[dict]:
     """Run each notebook into ``out_dir/<name>.ipynb`` (results in ``<name>.results.json``)."""
     out_dir = Path(out_dir).resolve()
     rows = []
@@ -119,7 +125,8 @@ def run_all(notebooks, out_dir="runs", parameters: dict | None = None) -> list[d
         nb = Path(nb)
         print(f"running {nb} ...", flush=True)
         params = {"figures_dir": str(out_dir / "figures")} | dict(parameters or {})
-        row = run_notebook(nb, out_dir / nb.name, params, results_json=out_dir / f"{nb.stem}.results.json")
+        row = run_notebook(nb, out_dir / nb.name, params, results_json=out_dir / f"{nb.stem}.results.json",
+                           cell_timeout=cell_timeout)
         print(f"  {'FAILED' if row['error'] else 'ok'} in {row['seconds']:.1f} s", flush=True)
         rows.append(row)
     return rows

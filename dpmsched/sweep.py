@@ -37,7 +37,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .batch import check_parameters, last_line, md_cell, run_notebook
+from .batch import DEFAULT_CELL_TIMEOUT, check_parameters, last_line, md_cell, run_notebook
 from .checkpoints import atomic_write_text
 
 __all__ = ["load_grid", "params_hash", "expand_grid", "is_finished", "run_sweep", "load_records",
@@ -47,8 +47,6 @@ __all__ = ["load_grid", "params_hash", "expand_grid", "is_finished", "run_sweep"
 RESERVED = ("results_json", "figures_dir")
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# one cell running longer than this (or a kernel that stops answering) fails its run instead of stalling the sweep
-DEFAULT_CELL_TIMEOUT = 600.0
 
 
 def params_hash(params: dict) -> str:
