@@ -46,11 +46,12 @@ bench: $(STAMP)
 	@set -e; for f in $(sort $(wildcard benchmarks/bench_*.py)); do echo "== $$f"; $(PY) $$f; done
 
 ## make sweep [GRID=sweeps/example.yaml] [WORKERS=2]: papermill runs over a grid into runs/<nb>/, then the report
+## (the report also when some runs failed: it lists them; the exit status is the sweep's)
 GRID    ?= sweeps/example.yaml
 WORKERS ?= 2
 sweep: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m dpmsched sweep $(GRID) --workers $(WORKERS) --out runs
-	$(PY) -m dpmsched report runs
+	@rc=0; OMP_NUM_THREADS=1 $(PY) -m dpmsched sweep $(GRID) --workers $(WORKERS) --out runs || rc=$$?; \
+	  if [ $$rc -le 1 ]; then $(PY) -m dpmsched report runs; fi; exit $$rc
 
 ## make test-ui: opt-in real-browser test (JupyterLab on 127.0.0.1 + Debian chromium via Playwright; not in make test)
 ## needs: apt-get install -y chromium; screenshots in runs/ui/
