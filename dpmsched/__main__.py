@@ -11,6 +11,8 @@ import sys
 #: command → (module, function taking argv and returning an exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("dpmsched.batch", "cli_demo", "run every notebook with papermill into runs/ and print a summary"),
+    "report": ("dpmsched.sweep", "cli_report", "collect sweep results under runs/ into a markdown table and figures"),
+    "sweep": ("dpmsched.sweep", "cli_sweep", "run a notebook over a parameter grid (YAML) in a process pool"),
     "optimize": ("dpmsched.optimize", "cli_optimize", "optimize a schedule for a model and solver; writes JSON"),
     "sample": ("dpmsched.solvers", "cli_sample", "draw samples with a solver and a schedule; writes .safetensors/.npz/.npy"),
     "train": ("dpmsched.train", "cli_train", "train a shipped model from a YAML config (resumes; writes data/<name>/)"),
