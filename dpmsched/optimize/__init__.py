@@ -20,6 +20,7 @@ METHODS: dict[str, str] = {
     "quadratic-t": "dpmsched.optimize.baselines:quadratic_t",
     "cosine": "dpmsched.optimize.baselines:cosine",
     "karras-tuned": "dpmsched.optimize.direct:karras_tuned",
+    "hand-tuned": "dpmsched.optimize.direct:hand_tuned",
     "huang": "dpmsched.optimize.bound:huang",
     "bound-prop": "dpmsched.optimize.bound:bound_prop",
     "ots": "dpmsched.optimize.ots:ots",
