@@ -14,6 +14,8 @@ NOTEBOOKS = sorted(NB_DIR.glob("[0-9]*.ipynb"))
 SMALL = {
     "01_theorem.ipynb": ({"steps": 3, "rho": 3.0, "mixture": "grid", "n_samples": 64, "gauss_steps": 5,
                           "data_std": 1.0, "seed": 1}, "bound_optimal"),
+    "03_error_bound.ipynb": ({"steps": 4, "nfes": "4", "n_teacher": 32, "grid_points": 40, "n_heldout": 64,
+                              "direct_iters": 5, "direct_polish": 10, "seed": 1}, "held_out_err"),
 }
 
 

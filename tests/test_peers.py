@@ -120,6 +120,11 @@ def test_direct_fits_training_noise_and_generalises():
     assert TT.endpoint_error(ring, d, zr, xr) < TT.endpoint_error(ring, k, zr, xr)
     with pytest.raises(ValueError, match="init"):
         optimize(ring, "direct", 4, n=8, grid_points=16, init="bad")
+    with pytest.raises(ValueError, match="4 steps"):
+        optimize(ring, "direct", 4, n=8, grid_points=16, init=Schedule.karras(3))
+    h = optimize(ring, "hand-tuned", 4, n=64, grid_points=48)
+    d2 = optimize(ring, "direct", 4, n=64, grid_points=48, iters=5, polish=30, init=h)
+    assert d2.meta["train_rmse"] <= h.meta["objective"] * (1 + 1e-9) and d2.meta["init"] == "schedule:hand-tuned"
 
 
 def test_cli_optimize_writes_schedule_json(tmp_path, capsys):
