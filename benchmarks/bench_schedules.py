@@ -118,6 +118,36 @@ def run_model(name: str, cfg: dict) -> dict:
     return out
 
 
+def limit_check(res: dict, spec: str, n: int, iters: int, polish: int) -> None:
+    """A stronger direct fit for one cell ``MODEL:SOLVER:NFE`` of existing results (``n`` training
+    latents of the same teacher seed, more Adam/Nelder–Mead, started from that cell's hand-tuned
+    schedule), and every method's closure against it; stored as ``res[MODEL]["limit_check"]``."""
+    from dpmsched import Schedule
+
+    name, solver, nfe = spec.split(":")
+    nfe = int(nfe)
+    if name not in res:
+        raise ValueError(f"--limit-check {spec}: no results for {name} in schedules.json; run it first")
+    cfg, d = CONFIG[name], res[name]
+    rows = {r["method"]: r for r in d["rows"] if r["solver"] == solver and r["nfe"] == nfe}
+    if not rows:
+        raise ValueError(f"--limit-check {spec}: no rows for {solver} at NFE {nfe}")
+    model = load(name)
+    zr, xr = TT.reference_endpoints(model, n=cfg["heldout"], seed=1, steps=cfg["ref_steps"])
+    init = Schedule(rows["hand-tuned"]["sigmas"], "hand-tuned")
+    t0 = time.perf_counter()
+    s = optimize(model, "direct", nfe, solver, n=n, grid_points=cfg["grid_points"], seed=0, iters=iters,
+                 polish=polish, init=init)
+    wall = time.perf_counter() - t0
+    e = metrics.truncation_error(_solve(model, s, zr, solver), xr)
+    e_hand = rows["hand-tuned"]["err"]
+    gap = e_hand - e
+    d["limit_check"] = {"cell": spec, "direct": {"n": n, "iters": iters, "polish": polish}, "err": e,
+                        "train_rmse": s.meta["train_rmse"], "opt_s": wall, "sigmas": [float(v) for v in s.sigmas],
+                        "closure": {m: ((e_hand - r["err"]) / gap if gap > 1e-12 else None) for m, r in rows.items()}}
+    print(f"limit check {spec}: direct (n={n}) held-out err {e:.4f} vs hand-tuned {e_hand:.4f}", flush=True)
+
+
 def targets(res: dict) -> dict:
     """The issue's targets on digits-edm at NFE 5, per solver present: best bound method's closure
     ≥ 0.9 and its error ≤ every training-free peer's."""
@@ -132,7 +162,11 @@ def targets(res: dict) -> dict:
         best = min(BOUNDS, key=lambda m: rows[m]["err"])
         peer = min(rows[m]["err"] for m in TRAINING_FREE)
         cl = rows[best]["closure"]
+        lc = d.get("limit_check", {})
+        if lc.get("cell") == f"digits-edm:{solver}:5":          # the stronger limit, where measured
+            cl = lc["closure"][best]
         out[solver] = {"best_bound_method": best, "closure": cl, "err": rows[best]["err"], "best_peer_err": peer,
+                       "closure_source": "limit check" if lc.get("cell") == f"digits-edm:{solver}:5" else "table",
                        "closure_ge_0.9": cl is not None and cl >= 0.9, "le_every_peer": rows[best]["err"] <= peer}
     return out
 
@@ -158,10 +192,20 @@ def write(res: dict, meta: dict) -> None:
         md += ["## Targets (digits-edm, NFE 5)", ""]
         for solver, t in tg.items():
             md.append(f"- {solver}: best bound method `{t['best_bound_method']}` err {t['err']:.4f}, closure "
-                      f"{_fmt(t['closure'], '.2f')} (≥ 0.90: {'met' if t['closure_ge_0.9'] else 'NOT met'}); "
+                      f"{_fmt(t['closure'], '.2f')} ({t['closure_source']}; ≥ 0.90: {'met' if t['closure_ge_0.9'] else 'NOT met'}); "
                       f"best training-free peer err {t['best_peer_err']:.4f} (≤ every peer: "
                       f"{'met' if t['le_every_peer'] else 'NOT met'})")
         md.append("")
+    for name, d in res.items():
+        if "limit_check" in d:
+            lc = d["limit_check"]
+            md += [f"## Limit check ({lc['cell']})", "",
+                   f"A stronger direct fit ({lc['direct']['n']} training latents, {lc['direct']['iters']} Adam "
+                   f"steps, {lc['direct']['polish']} Nelder–Mead evaluations, from the hand-tuned schedule; "
+                   f"{lc['opt_s']:.0f} s): held-out err {lc['err']:.4f} (training RMSE {lc['train_rmse']:.4f}). "
+                   "Gap closure of every method against it:", "",
+                   "| method | closure |", "|---|---|"]
+            md += [f"| {m} | {_fmt(c, '.2f')} |" for m, c in lc["closure"].items()] + [""]
     for name, d in res.items():
         md += [f"## {name}", "",
                f"Run: `{d.get('command', meta['command'])}`, commit {d.get('git_commit', '?')}, "
@@ -198,6 +242,11 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="toy2d-edm,digits-edm", help="comma-separated subset of CONFIG")
     p.add_argument("--keep-others", action="store_true",
                    help="keep the rows of models not in --models from the existing schedules.json")
+    p.add_argument("--limit-check", default="", metavar="MODEL:SOLVER:NFE",
+                   help="only add a stronger direct fit for this cell of the existing schedules.json")
+    p.add_argument("--limit-n", type=int, default=64, help="training latents of the limit check")
+    p.add_argument("--limit-iters", type=int, default=40, help="Adam steps of the limit check")
+    p.add_argument("--limit-polish", type=int, default=100, help="Nelder-Mead evaluations of the limit check")
     a = p.parse_args(argv)
     names = [m for m in a.models.split(",") if m]
     bad = [m for m in names if m not in CONFIG]
@@ -210,6 +259,13 @@ def main(argv=None) -> int:
             "git_commit": _git("rev-parse", "--short", "HEAD"),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": CONFIG}
     res, prev = {}, OUT / "schedules.json"
+    if a.limit_check:
+        old_payload = json.loads(prev.read_text())
+        res = old_payload["results"]
+        limit_check(res, a.limit_check, a.limit_n, a.limit_iters, a.limit_polish)
+        keep = {k: old_payload[k] for k in ("command", "machine", "git_commit", "date", "config")}
+        write(res, {**keep, "limit_check_command": meta["command"]})
+        return 0
     for name in names:
         res[name] = {"command": meta["command"], "git_commit": meta["git_commit"], "date": meta["date"],
                      **run_model(name, CONFIG[name])}
