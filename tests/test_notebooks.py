@@ -21,6 +21,8 @@ SMALL = {
     "05_skip_tuning.ipynb": ({"nfe_low": 2, "nfe_high": 3, "rho_points": 2, "n_samples": 32, "n_loss": 32,
                               "loss_sigmas": 2, "opt_trajectories": 8, "per": "level", "seed": 1},
                              "loss_worse_and_samples_better"),
+    "03_error_bound.ipynb": ({"steps": 4, "nfes": "4", "n_teacher": 32, "grid_points": 40, "n_heldout": 64,
+                              "direct_iters": 5, "direct_polish": 10, "seed": 1}, "held_out_err"),
 }
 
 

@@ -21,6 +21,7 @@ METHODS: dict[str, str] = {
     "cosine": "dpmsched.optimize.baselines:cosine",
     "elbo-dp": "dpmsched.optimize.elbo:optimize_elbo_dp",
     "karras-tuned": "dpmsched.optimize.direct:karras_tuned",
+    "hand-tuned": "dpmsched.optimize.direct:hand_tuned",
     "huang": "dpmsched.optimize.bound:huang",
     "bound-prop": "dpmsched.optimize.bound:bound_prop",
     "ots": "dpmsched.optimize.ots:ots",
