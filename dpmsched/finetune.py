@@ -1,0 +1,491 @@
+"""Huang Phase-2 — tune the denoiser on the selected noise levels — and the alternating loop.
+(ALGORITHMS.md §3.5 [R]; the paper gives only the idea, every choice below is ours and an option.)
+
+**Phase-2 loss, literal reading (``loss="dsm"``, eq. of §3.5).**  Denoising score matching restricted to the
+schedule's noise levels σ*_0 > … > σ*_{N−1} (the ones the solver evaluates), with step weights λ_i:
+
+    L_dsm(θ) = E_{x0,ε} Σ_{i=0}^{N−1} λ_i ‖D_θ(x0 + σ*_i ε_i; σ*_i) − x0‖² / d,      Σ λ_i = 1,
+
+estimated *stratified*: every x0 of the batch is noised at every σ*_i (B·N network rows per iteration).
+With uniform λ this is ordinary DSM with σ drawn uniformly from {σ*_i} (tested).
+
+**Step weights λ_i** (:func:`step_weights`, all normalised to sum 1 — Adam is almost scale-free anyway):
+
+* ``"convex"``    λ_i ∝ w_i = σ_N(1/σ_{i+1} − 1/σ_i), the convex weights of §3.1 (how much D_i enters x_N);
+* ``"convex-sq"`` λ_i ∝ w_i², the MSE surrogate of the error in x_N = Σ w_i D_i;
+* ``"uniform"``   λ_i = 1/N;
+* ``"edm"``       λ_i ∝ λ_EDM(σ_i) = (σ²+σ_d²)/(σσ_d)², EDM's loss weight (every term becomes an O(1)
+  loss on the network's raw output F).
+
+**Alternative reading (``loss="distill"``, flagged in §3.5).**  Make the few-step solve itself match the
+model's own accurate ODE solution: L = E_z ‖Solver_σ*(σ_0 z; θ) − x_ref(z)‖²/d, backpropagating through the
+N-step solver; x_ref comes from a frozen copy of θ at the start of the round (:func:`teacher_pairs`),
+recomputed every round.
+
+**Alternating loop (:func:`alternate`).**  σ ← Phase1(θ) (teacher trajectories of the *current* θ),
+θ ← Phase2(θ, σ), R rounds.  The result is tied to its schedule and solver: :func:`save_finetuned` records
+both in the checkpoint's config and :func:`load_finetuned` warns when asked for another one.
+
+**Distributed.**  Everything runs on ``device="cpu"|"cuda"|"auto"`` and, under ``torchrun``, data-parallel
+through ``torch.distributed`` + ``DistributedDataParallel`` (gloo on CPU, NCCL on GPU).  Every rank draws the
+*global* batch from a generator seeded by (seed, iteration) and keeps its contiguous slice, so K processes
+with batch B/K each compute the same update as one process with batch B (up to float summation order), and a
+resumed run continues the same random stream.  State (model, EMA, Adam, iteration) is checkpointed every M
+iterations with atomic writes; ``resume=True`` continues from it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .checkpoints import atomic_write_bytes, atomic_write_text
+from .schedules import Schedule
+
+__all__ = [
+    "WEIGHTS", "LOSSES", "PRESETS", "Phase2Config", "edm_loss_weight", "edm_effective_weight", "step_weights",
+    "dsm_loss", "distill_loss", "teacher_pairs", "phase2", "alternate", "default_phase1", "resolve_device",
+    "save_finetuned", "load_finetuned", "check_schedule", "cli_finetune",
+]
+
+WEIGHTS = ("convex", "convex-sq", "uniform", "edm")
+LOSSES = ("dsm", "distill")
+SIGMA_DATA = 0.5
+
+
+# -- the weights λ_i (§3.5) -----------------------------------------------------------------------
+def edm_loss_weight(sigma, sigma_data: float = SIGMA_DATA) -> np.ndarray:
+    """EDM's loss weight λ_EDM(σ) = (σ² + σ_d²)/(σ σ_d)² = 1/c_out(σ)² (§0.1); σ array in EDM units."""
+    s = np.asarray(sigma, dtype=np.float64)
+    if not (np.all(np.isfinite(s)) and np.all(s > 0)):
+        raise ValueError("edm_loss_weight needs finite sigma > 0")
+    return (s**2 + sigma_data**2) / (s * sigma_data) ** 2
+
+
+def edm_effective_weight(sigma, p_mean: float = -1.2, p_std: float = 1.2,
+                         sigma_data: float = SIGMA_DATA) -> np.ndarray:
+    """EDM's effective training weight per unit ln σ: λ_EDM(σ) · N(ln σ; P_mean, P_std²)  (§3.5).
+
+    (EDM draws ln σ ~ N(−1.2, 1.2²); the product is how much each noise level counts in its loss.)
+    """
+    s = np.asarray(sigma, dtype=np.float64)
+    dens = np.exp(-0.5 * ((np.log(s) - p_mean) / p_std) ** 2) / (p_std * math.sqrt(2 * math.pi))
+    return edm_loss_weight(s, sigma_data) * dens
+
+
+def step_weights(schedule, kind: str = "convex", sigma_data: float = SIGMA_DATA) -> np.ndarray:
+    """λ_i for the N denoiser calls of ``schedule`` (σ_0..σ_{N−1}), float64 (N,), summing to 1.  §3.5.
+
+    ``kind`` is one of :data:`WEIGHTS` (see the module docstring).
+    """
+    from .theory import convex_weights
+
+    s = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    if kind == "uniform":
+        lam = np.ones(s.steps)
+    elif kind in ("convex", "convex-sq"):
+        lam = convex_weights(s)[1]
+        lam = lam**2 if kind == "convex-sq" else lam
+    elif kind == "edm":
+        lam = edm_loss_weight(s.sigmas[:-1], sigma_data)
+    else:
+        raise ValueError(f"unknown step weights {kind!r}; expected one of {WEIGHTS}")
+    return lam / lam.sum()
+
+
+# -- the two losses ---------------------------------------------------------------------------------
+def dsm_loss(model, x0: torch.Tensor, eps: torch.Tensor, sigmas, lam) -> torch.Tensor:
+    """Phase-2 DSM loss (§3.5) of one batch, stratified over the schedule's noise levels.
+
+    ``x0`` (B, *event) clean data; ``eps`` (B, N, *event) standard normal noise; ``sigmas`` (N,) the σ*_i of
+    the N denoiser calls; ``lam`` (N,) their weights.  Returns the 0-d tensor
+    (1/B) Σ_b Σ_i λ_i ‖D(x0_b + σ_i ε_bi; σ_i) − x0_b‖²/d  (one network call on B·N rows).
+    """
+    B, N = eps.shape[:2]
+    if eps.shape[0] != x0.shape[0] or eps.shape[2:] != x0.shape[1:]:
+        raise ValueError(f"eps must have shape (B, N, *event) = ({x0.shape[0]}, N, "
+                         f"{', '.join(map(str, x0.shape[1:]))}), got {tuple(eps.shape)}")
+    sig = torch.as_tensor(np.array(sigmas, dtype=np.float64), dtype=x0.dtype, device=x0.device)
+    w = torch.as_tensor(np.array(lam, dtype=np.float64), dtype=x0.dtype, device=x0.device)
+    if sig.shape != (N,) or w.shape != (N,):
+        raise ValueError(f"sigmas and lam must have shape ({N},), got {tuple(sig.shape)}, {tuple(w.shape)}")
+    X0 = x0[:, None].expand(eps.shape).reshape(B * N, *x0.shape[1:])
+    S = sig.repeat(B)                                                       # row b·N + i has σ_i
+    xs = X0 + S.reshape(-1, *([1] * (x0.ndim - 1))) * eps.reshape(B * N, *x0.shape[1:])
+    mse = ((model(xs, S) - X0) ** 2).reshape(B, N, -1).mean(-1)             # (B, N)
+    return (mse * w).sum(1).mean()
+
+
+def distill_loss(model, z: torch.Tensor, x_ref: torch.Tensor, schedule, solver: str = "euler") -> torch.Tensor:
+    """Alternative Phase-2 reading (§3.5): ‖Solver_σ*(σ_0 z; θ) − x_ref‖²/d averaged over the batch.
+
+    ``z`` (B, *event) standard normal latents, ``x_ref`` (B, *event) the teacher's accurate solve from the same
+    z; the gradient flows through every network call of the few-step solve.
+    """
+    from . import solvers
+
+    s = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    x = solvers.get(solver)(model, z * float(s.sigmas[0]), s)
+    return ((x - x_ref) ** 2).reshape(z.shape[0], -1).mean(1).mean()
+
+
+@torch.no_grad()
+def teacher_pairs(model, n: int, event_shape, sigma_max: float, sigma_min: float, *, seed: int = 0,
+                  steps: int = 32, batch: int = 256, device="cpu", dtype=torch.float32):
+    """(z, x_ref): ``n`` latents and the model's accurate PF-ODE solves σ_max → σ_min (4·steps NFE each).
+
+    Uses :func:`dpmsched.solvers.reference` (RK4 in log σ on a Karras grid).  Deterministic under ``seed``;
+    z is drawn on the CPU, so CPU and GPU runs see the same latents.
+    """
+    from .solvers import reference
+
+    g = torch.Generator().manual_seed(int(seed))
+    z = torch.randn(n, *event_shape, generator=g).to(device=device, dtype=dtype)
+    refs = [reference(model, z[i:i + batch] * sigma_max, sigma_max, sigma_min, steps=steps)
+            for i in range(0, n, batch)]
+    return z, torch.cat(refs)
+
+
+# -- configuration and presets ----------------------------------------------------------------------
+@dataclass
+class Phase2Config:
+    """Hyper-parameters of one Phase-2 run (all [OPEN] in the paper; defaults are ours, see README)."""
+
+    iters: int = 200                 # optimizer steps per round
+    batch: int = 64                  # global batch (x0 for dsm, latents for distill); divisible by world size
+    lr: float = 2e-4                 # Adam learning rate
+    weights: str = "convex"          # λ_i, one of WEIGHTS (dsm only)
+    loss: str = "dsm"                # "dsm" (literal reading) or "distill"
+    ema_halflife: float = 20.0       # EMA half-life in iterations (0: no EMA, the raw weights are the result)
+    grad_clip: float = 1.0           # max global gradient norm (0: off)
+    teacher_pairs: int = 512         # distill: teacher (z, x_ref) pairs per round
+    teacher_steps: int = 32          # distill: RK4 steps of the teacher solve
+    checkpoint_every: int = 0        # write the resumable state every M iterations (0: only at the end)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"unknown step weights {self.weights!r}; expected one of {WEIGHTS}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown Phase-2 loss {self.loss!r}; expected one of {LOSSES}")
+        for name in ("iters", "batch", "teacher_pairs", "teacher_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("ema_halflife", "grad_clip", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+#: scale presets of the CLI/notebook: "cpu-small" runs in about a minute on 2 cores; "gpu" is the real-size
+#: experiment (a larger UNet on digits upsampled to 16×16, trained first, then finetuned) for one GPU.
+PRESETS: dict[str, dict] = {
+    "cpu-small": {"phase2": {"iters": 150, "batch": 64, "lr": 2e-4, "ema_halflife": 20.0, "teacher_pairs": 256},
+                  "eval_samples": 512},
+    "gpu": {"phase2": {"iters": 5000, "batch": 512, "lr": 1e-4, "ema_halflife": 500.0, "teacher_pairs": 8192,
+                       "teacher_steps": 64, "checkpoint_every": 500},
+            "eval_samples": 10000},
+}
+
+
+# -- devices and torch.distributed --------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" → cuda if available else cpu; under torchrun with CUDA, the GPU of ``LOCAL_RANK``."""
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:K' or 'auto', got {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch.cuda.is_available() is False")
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return torch.device(device)
+
+
+def _dist():
+    """(rank, world size) of the torch.distributed group, (0, 1) when not distributed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU.
+
+    Returns True when a group was initialised here.  A plain ``python`` run is left alone.
+    """
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def _barrier():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# -- resumable state (model, EMA, Adam, iteration), atomic ------------------------------------------------
+def _state_tensors(model, ema, opt) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if ema is not None:
+        out |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            out[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    return out
+
+
+def save_state(folder, model, ema, opt, iteration: int, info: dict) -> None:
+    """Write ``state.safetensors`` then ``state.json`` (the JSON names the iteration; written last, so a
+    reader that finds the JSON finds the matching tensors).  Both atomic.  Rank 0 only."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    atomic_write_bytes(folder / "state.safetensors", save(_state_tensors(model, ema, opt)))
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
+    atomic_write_text(folder / "state.json", json.dumps({"iteration": int(iteration), "param_groups": groups,
+                                                         "info": info}, indent=1))
+
+
+def load_state(folder, model, ema, opt) -> int:
+    """Restore what :func:`save_state` wrote into ``model``, ``ema``, ``opt``; returns the iteration reached."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    js, st = folder / "state.json", folder / "state.safetensors"
+    if not (js.exists() and st.exists()):
+        raise FileNotFoundError(f"no resumable state in {folder} (expected state.json and state.safetensors)")
+    meta = json.loads(js.read_text())
+    t = load_file(str(st))
+    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    if ema is not None:
+        ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
+    state: dict[int, dict] = {}
+    for k, v in t.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    sd = opt.state_dict()
+    groups = [dict(g, params=old["params"]) for g, old in zip(meta["param_groups"], sd["param_groups"])]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    return int(meta["iteration"])
+
+
+@torch.no_grad()
+def _ema_update(ema, model, decay: float) -> None:
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(p.detach(), 1.0 - decay)
+    for be, b in zip(ema.buffers(), model.buffers()):
+        be.copy_(b)
+
+
+# -- Phase-2 ---------------------------------------------------------------------------------------------
+def _iteration_generator(seed: int, it: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(it))
+
+
+def phase2(model: torch.nn.Module, schedule, data: torch.Tensor | None = None, *, config: Phase2Config | None = None,
+           solver: str = "euler", device="auto", state_dir=None, resume: bool = False,
+           pairs=None, callback: Callable | None = None, progress: bool = False):
+    """Finetune ``model`` (a denoiser module D(x, σ)) on ``schedule``'s noise levels.  §3.5.
+
+    ``data`` (M, *event): the training set x0 (``loss="dsm"``); ``pairs`` = (z, x_ref) from
+    :func:`teacher_pairs` (``loss="distill"``, computed here from a frozen copy of ``model`` if None).
+    Works in place on a copy: returns ``(finetuned, history)`` where ``finetuned`` is the EMA model (or the raw
+    one when ``ema_halflife = 0``) in eval mode and ``history`` a dict with the loss per iteration and the wall
+    time.  Under torch.distributed every rank must call it with the same arguments.
+
+    ``state_dir``: folder for the resumable state (every ``config.checkpoint_every`` iterations and at the
+    end); ``resume=True`` continues from it, giving the same parameters as an uninterrupted run on CPU.
+    ``callback(it, loss)`` is called after each iteration (rank 0 and others alike).
+    """
+    cfg = config or Phase2Config()
+    s = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    if s.has_final_zero:
+        raise ValueError("Phase-2 needs a schedule ending at sigma_min > 0 (drop the trailing 0)")
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    rank, world = _dist()
+    if cfg.batch % world:
+        raise ValueError(f"batch {cfg.batch} must be divisible by the world size {world}")
+    local = cfg.batch // world
+    lo = rank * local
+    net = copy.deepcopy(model).to(dev).train().requires_grad_(True)
+    dtype = next(net.parameters()).dtype
+    if cfg.loss == "dsm":
+        if data is None:
+            raise ValueError("loss='dsm' needs the training data x0")
+        data = torch.as_tensor(data).to(dtype)
+        lam = step_weights(s, cfg.weights)
+        sig = s.sigmas[:-1]
+    else:
+        if pairs is None:
+            ev = getattr(model, "event_shape", None)
+            if ev is None:
+                raise ValueError("loss='distill' needs pairs=(z, x_ref) or a model with an event_shape")
+            pairs = teacher_pairs(copy.deepcopy(net).eval(), cfg.teacher_pairs, ev, s.sigma_max, s.sigma_min,
+                                  seed=cfg.seed + 7919, steps=cfg.teacher_steps, device=dev, dtype=dtype)
+        pz, px = (t.to(dev, dtype) for t in pairs)
+    ema = copy.deepcopy(net).eval().requires_grad_(False) if cfg.ema_halflife > 0 else None
+    decay = 0.5 ** (1.0 / cfg.ema_halflife) if cfg.ema_halflife > 0 else 0.0
+    ddp = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    start = 0
+    info = {"config": asdict(cfg), "schedule": s.to_dict(), "solver": solver}
+    if resume:
+        if state_dir is None:
+            raise ValueError("resume=True needs state_dir")
+        if (Path(state_dir) / "state.json").exists():
+            start = load_state(state_dir, net, ema, opt)
+            net.to(dev)
+            if ema is not None:
+                ema.to(dev)
+    losses, t0 = [], time.perf_counter()
+    it_range = range(start, cfg.iters)
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        it_range = tqdm(it_range, desc="phase2", initial=start, total=cfg.iters)
+    for it in it_range:
+        g = _iteration_generator(cfg.seed, it)
+        if cfg.loss == "dsm":
+            idx = torch.randint(len(data), (cfg.batch,), generator=g)[lo:lo + local]
+            eps = torch.randn(cfg.batch, s.steps, *data.shape[1:], generator=g, dtype=dtype)[lo:lo + local]
+            loss = dsm_loss(ddp, data[idx].to(dev), eps.to(dev), sig, lam)
+        else:
+            idx = torch.randint(len(pz), (cfg.batch,), generator=g)[lo:lo + local].to(dev)
+            loss = distill_loss(ddp, pz[idx], px[idx], s, solver)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        if ema is not None:
+            _ema_update(ema, net, decay)
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise FloatingPointError(f"Phase-2 loss became {lv} at iteration {it}")
+        losses.append(lv)
+        if callback is not None:
+            callback(it, lv)
+        done = it + 1
+        if state_dir is not None and (done == cfg.iters or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+            if rank == 0:
+                save_state(state_dir, net, ema, opt, done, info)
+            _barrier()
+    out = (ema if ema is not None else net).eval()
+    return out, {"loss": losses, "seconds": time.perf_counter() - t0, "start_iteration": start, **info}
+
+
+# -- the alternating loop ------------------------------------------------------------------------------------
+def default_phase1(model, steps: int, solver: str = "euler") -> Schedule:
+    """Huang Phase-1 (§3.4) for the *current* model: ``optimize(model, "huang", steps, solver=solver)``.
+
+    The optimizer computes its teacher trajectories from ``model``, so each round sees the current θ.
+    """
+    from .optimize import METHODS, optimize
+
+    if "huang" not in METHODS:
+        raise ValueError("Phase-1 ('huang' in dpmsched.optimize.METHODS) is not available in this version; "
+                         "pass phase1=callable(model, steps, solver) -> Schedule")
+    return optimize(model, "huang", steps, solver=solver)
+
+
+def alternate(model: torch.nn.Module, steps: int, data: torch.Tensor | None = None, *, rounds: int = 2,
+              solver: str = "euler", phase1: Callable = default_phase1, config: Phase2Config | None = None,
+              device="auto", out_dir=None, resume: bool = False, on_round: Callable | None = None,
+              progress: bool = False):
+    """The alternating loop of §3.5: for r = 1..R, σ ← Phase1(θ), θ ← Phase2(θ, σ).
+
+    ``phase1(model, steps, solver) -> Schedule`` (default :func:`default_phase1`, the Huang optimizer); round r's
+    Phase-2 uses seed ``config.seed + r``.  With ``out_dir``, round r keeps its schedule and resumable state in
+    ``out_dir/round<r>/`` and the final model is written by :func:`save_finetuned` to ``out_dir/model``;
+    ``resume=True`` skips finished rounds and continues an interrupted one.
+    ``on_round(r, model, schedule, history)`` is called after each round (e.g. to evaluate).
+    Returns ``(model, schedule, histories)``: the finetuned model is tied to the last ``schedule``.
+    """
+    from dataclasses import replace
+
+    if int(rounds) < 1 or int(steps) < 1:
+        raise ValueError(f"rounds and steps must be >= 1, got rounds={rounds}, steps={steps}")
+    cfg = config or Phase2Config()
+    rank, _ = _dist()
+    histories, sched = [], None
+    for r in range(1, int(rounds) + 1):
+        rdir = Path(out_dir) / f"round{r}" if out_dir is not None else None
+        sfile = rdir / "schedule.json" if rdir is not None else None
+        if resume and sfile is not None and sfile.exists():
+            sched = Schedule.from_json(sfile)
+        else:
+            t0 = time.perf_counter()
+            sched = phase1(model.eval(), steps, solver)
+            sched.meta.setdefault("phase1_seconds", time.perf_counter() - t0)
+            if sfile is not None and rank == 0:
+                sched.to_json(sfile, indent=1)
+            _barrier()
+        model, hist = phase2(model, sched, data, config=replace(cfg, seed=cfg.seed + r), solver=solver,
+                             device=device, state_dir=rdir, resume=resume, progress=progress)
+        hist["round"] = r
+        histories.append(hist)
+        if on_round is not None:
+            on_round(r, model, sched, hist)
+    if out_dir is not None and rank == 0:
+        save_finetuned(model, Path(out_dir) / "model", sched, solver,
+                       {"rounds": int(rounds), "phase2": asdict(cfg),
+                        "seconds": [h["seconds"] for h in histories]})
+    _barrier()
+    return model, sched, histories
+
+
+# -- a checkpoint tied to its schedule and solver ----------------------------------------------------------------
+class ScheduleMismatchWarning(UserWarning):
+    """A finetuned model is used with a schedule or solver other than the one it was tuned for."""
+
+
+def _tuned_for(model) -> dict | None:
+    return getattr(model, "finetuned_for", None)
+
+
+def check_schedule(model, schedule, solver: str | None = None) -> bool:
+    """Warn (:class:`ScheduleMismatchWarning`) when ``model`` was finetuned for another schedule or solver.
+
+    After Phase-2 the model is specific to σ* and its solver (§3.5); a model that was not finetuned passes.
+    Returns True when the pair matches (or the model is not finetuned).
+    """
+    tuned = _tuned_for(model)
+    if tuned is None:
+        return True
+    s = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    want = np.asarray(tuned["schedule"]["sigmas"], dtype=np.float64)
+    problems = []
+    if want.shape != s.sigmas.shape or not np.allclose(want, s.sigmas, rtol=1e-9, atol=0):
+        problems.append(f"schedule {np.array2string(s.sigmas, precision=4)} (tuned for "
+                        f"{np.array2string(want, precision=4)})")
+    if solver is not None and str(solver).lower() != str(tuned["solver"]).lower():
+        problems.append(f"solver {solver!r} (tuned for {tuned['solver']!r})")
+    if problems:
+        warnings.warn("this model was finetuned (Phase-2) for another setting: " + "; ".join(problems)
+                      + " — its few-step quality is only measured for the tuned pair",
+                      ScheduleMismatchWarning, stacklevel=2)
+        return False
+    return True

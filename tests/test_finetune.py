@@ -1,0 +1,272 @@
+"""Phase-2 finetuning and the alternating loop (ALGORITHMS.md §3.5): the loss, the weights, DDP, resume,
+the checkpoint tied to its schedule."""
+import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dpmsched import Schedule, finetune
+from dpmsched.denoisers.exact import Gaussian
+from dpmsched.finetune import Phase2Config, dsm_loss, step_weights
+from dpmsched.theory import convex_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TinyEDM(torch.nn.Module):
+    """A tiny EDM-preconditioned MLP denoiser for plumbing tests (§0.1 preconditioning)."""
+
+    def __init__(self, dim=4, hidden=16, dtype=torch.float64, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.f = torch.nn.Sequential(torch.nn.Linear(dim + 1, hidden), torch.nn.SiLU(),
+                                     torch.nn.Linear(hidden, dim)).to(dtype)
+        self.event_shape = (dim,)
+
+    def forward(self, x, sigma):
+        s = torch.as_tensor(sigma, dtype=x.dtype).expand(x.shape[0]).reshape(-1, 1)
+        sd = 0.5
+        c_skip, c_out, c_in = sd**2 / (s**2 + sd**2), s * sd / (s**2 + sd**2).sqrt(), 1 / (s**2 + sd**2).sqrt()
+        return c_skip * x + c_out * self.f(torch.cat([c_in * x, 0.25 * s.log()], 1))
+
+
+def toy_data(n=256, dim=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return 0.5 * torch.randn(n, dim, generator=g, dtype=torch.float64) + torch.linspace(-1, 1, dim, dtype=torch.float64)
+
+
+def params(m):
+    return torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+
+
+# -- the weights ------------------------------------------------------------------------------------------------
+def test_step_weights_options():
+    s = Schedule.karras(6)
+    _, w = convex_weights(s)
+    assert np.allclose(step_weights(s, "convex"), w / w.sum())
+    assert np.allclose(step_weights(s, "convex-sq"), w**2 / (w**2).sum())
+    assert np.allclose(step_weights(s, "uniform"), np.full(6, 1 / 6))
+    sig = s.sigmas[:-1]
+    edm = (sig**2 + 0.25) / (sig * 0.5) ** 2                       # λ_EDM by hand
+    assert np.allclose(step_weights(s, "edm"), edm / edm.sum())
+    for kind in finetune.WEIGHTS:
+        lam = step_weights(s, kind)
+        assert lam.shape == (6,) and np.all(lam >= 0) and math.isclose(lam.sum(), 1.0)
+    with pytest.raises(ValueError, match="unknown step weights"):
+        step_weights(s, "bogus")
+
+
+def test_edm_effective_weight_peak():
+    # λ_EDM(σ)·N(ln σ; −1.2, 1.2²): hand value at σ = 1, and the maximum lies between σ_min and 1
+    v = finetune.edm_effective_weight(np.array([1.0]))[0]
+    assert math.isclose(v, 5.0 * math.exp(-0.5) / (1.2 * math.sqrt(2 * math.pi)), rel_tol=1e-12)
+    s = np.geomspace(0.002, 80, 2001)
+    peak = s[np.argmax(finetune.edm_effective_weight(s))]
+    assert 0.002 < peak < 1.0
+    with pytest.raises(ValueError):
+        finetune.edm_loss_weight(np.array([0.0]))
+
+
+# -- the loss -----------------------------------------------------------------------------------------------------
+def test_dsm_loss_equal_weights_dense_schedule_is_ordinary_dsm(gen):
+    """Equal λ on a dense schedule == ordinary DSM with σ uniform over those levels (same x0, ε)."""
+    net = TinyEDM()
+    s = Schedule.karras(64)
+    x0 = toy_data(8)
+    eps = torch.randn(8, 64, 4, generator=gen, dtype=torch.float64)
+    got = dsm_loss(net, x0, eps, s.sigmas[:-1], step_weights(s, "uniform"))
+    # brute force: one (x0, σ, ε) triple at a time, unit weight, then the plain average
+    terms = [((net(x0[b:b + 1] + s.sigmas[i] * eps[b, i:i + 1], float(s.sigmas[i])) - x0[b:b + 1]) ** 2).mean()
+             for b in range(8) for i in range(64)]
+    assert torch.allclose(got, torch.stack(terms).mean(), rtol=1e-12, atol=0)
+
+
+def test_dsm_loss_closed_form_on_gaussian_data(gen):
+    """With the exact denoiser of N(0, c²): E‖D(x0+σε;σ) − x0‖²/d = c²σ²/(c²+σ²), so the loss is Σ λ_i of that."""
+    c, d, B = 0.5, 3, 20000
+    den = Gaussian(c, dim=d)
+    s = Schedule.karras(5)
+    lam = step_weights(s, "convex")
+    x0 = c * torch.randn(B, d, generator=gen, dtype=torch.float64)
+    eps = torch.randn(B, 5, d, generator=gen, dtype=torch.float64)
+    got = float(dsm_loss(den, x0, eps, s.sigmas[:-1], lam))
+    sig = s.sigmas[:-1]
+    want = float(np.sum(lam * c**2 * sig**2 / (c**2 + sig**2)))
+    assert abs(got - want) < 0.03 * want                     # MC with 1e5 terms: ~0.5 % standard error
+
+
+def test_dsm_loss_shape_errors():
+    net = TinyEDM()
+    with pytest.raises(ValueError, match="eps must have shape"):
+        dsm_loss(net, toy_data(4), torch.zeros(4, 3, 5, dtype=torch.float64), [1.0, 0.5, 0.1], [1 / 3] * 3)
+    with pytest.raises(ValueError, match="sigmas and lam"):
+        dsm_loss(net, toy_data(4), torch.zeros(4, 3, 4, dtype=torch.float64), [1.0, 0.5], [0.5, 0.5])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown Phase-2 loss"):
+        Phase2Config(loss="bogus")
+    with pytest.raises(ValueError, match="iters must be >= 1"):
+        Phase2Config(iters=0)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        Phase2Config(lr=0.0)
+    with pytest.raises(ValueError, match="device must be"):
+        finetune.resolve_device("tpu")
+
+
+# -- Phase-2 runs ---------------------------------------------------------------------------------------------------
+def test_phase2_dsm_lowers_the_loss_at_the_selected_steps(gen):
+    net, data = TinyEDM(), toy_data()
+    s = Schedule.karras(4)
+    cfg = Phase2Config(iters=150, batch=32, lr=3e-3, ema_halflife=0, seed=0)
+    x0 = toy_data(512, seed=5)
+    eps = torch.randn(512, 4, 4, generator=gen, dtype=torch.float64)
+    lam = step_weights(s, cfg.weights)
+    with torch.no_grad():
+        before = float(dsm_loss(net, x0, eps, s.sigmas[:-1], lam))
+    tuned, hist = finetune.phase2(net, s, data, config=cfg, device="cpu")
+    with torch.no_grad():
+        after = float(dsm_loss(tuned, x0, eps, s.sigmas[:-1], lam))
+    assert after < 0.7 * before, (before, after)
+    assert len(hist["loss"]) == 150 and hist["schedule"]["sigmas"] == list(s.sigmas)
+    assert torch.equal(params(net), params(TinyEDM()))            # the input model is not modified
+
+
+def test_phase2_distill_lowers_the_few_step_error():
+    net = TinyEDM()
+    s = Schedule.karras(3)
+    pairs = finetune.teacher_pairs(net, 128, (4,), 80.0, 0.002, seed=3, steps=16, dtype=torch.float64)
+    cfg = Phase2Config(iters=60, batch=32, lr=3e-3, loss="distill", ema_halflife=0)
+
+    def err(m):
+        with torch.no_grad():
+            return float(finetune.distill_loss(m, *pairs, s, "euler"))
+
+    tuned, _ = finetune.phase2(net, s, config=cfg, device="cpu", pairs=pairs)
+    assert err(tuned) < 0.8 * err(net), (err(net), err(tuned))
+
+
+def test_phase2_is_deterministic_and_rejects_bad_input():
+    s = Schedule.karras(3)
+    cfg = Phase2Config(iters=5, batch=8, lr=1e-3)
+    a, _ = finetune.phase2(TinyEDM(), s, toy_data(), config=cfg, device="cpu")
+    b, _ = finetune.phase2(TinyEDM(), s, toy_data(), config=cfg, device="cpu")
+    assert torch.equal(params(a), params(b))
+    with pytest.raises(ValueError, match="sigma_min > 0"):
+        finetune.phase2(TinyEDM(), s.with_final_zero(), toy_data(), config=cfg, device="cpu")
+    with pytest.raises(ValueError, match="needs the training data"):
+        finetune.phase2(TinyEDM(), s, None, config=cfg, device="cpu")
+
+
+def test_kill_and_resume_gives_the_same_parameters(tmp_path):
+    """Interrupt after iteration 7 (last checkpoint at 6), resume: same model, EMA and Adam state as uninterrupted."""
+    s = Schedule.karras(3)
+    cfg = Phase2Config(iters=10, batch=8, lr=1e-3, ema_halflife=3, checkpoint_every=3, seed=4)
+    full, _ = finetune.phase2(TinyEDM(), s, toy_data(), config=cfg, device="cpu", state_dir=tmp_path / "a")
+
+    class Killed(Exception):
+        pass
+
+    def kill(it, loss):
+        if it == 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        finetune.phase2(TinyEDM(), s, toy_data(), config=cfg, device="cpu", state_dir=tmp_path / "b", callback=kill)
+    import json
+    assert json.loads((tmp_path / "b" / "state.json").read_text())["iteration"] == 6
+    resumed, hist = finetune.phase2(TinyEDM(), s, toy_data(), config=cfg, device="cpu",
+                                    state_dir=tmp_path / "b", resume=True)
+    assert hist["start_iteration"] == 6 and len(hist["loss"]) == 4
+    assert torch.equal(params(full), params(resumed))
+    # the raw (non-EMA) weights and the optimizer state match too
+    from safetensors.torch import load_file
+    ta, tb = load_file(str(tmp_path / "a" / "state.safetensors")), load_file(str(tmp_path / "b" / "state.safetensors"))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    with pytest.raises(FileNotFoundError, match="no resumable state"):
+        finetune.load_state(tmp_path / "nothing", TinyEDM(), None, torch.optim.Adam(TinyEDM().parameters()))
+
+
+# -- DDP (2 gloo processes on CPU) -----------------------------------------------------------------------------------
+_DDP_SCRIPT = textwrap.dedent("""
+    import os, sys, torch, torch.distributed as dist
+    sys.path.insert(0, {tests!r})
+    from test_finetune import TinyEDM, toy_data
+    from dpmsched import Schedule, finetune
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    cfg = finetune.Phase2Config(iters=6, batch=16, lr=1e-3, ema_halflife=2, seed=2, loss={loss!r})
+    pairs = finetune.teacher_pairs(TinyEDM(seed=9), 64, (4,), 80.0, 0.002, seed=1, steps=8, dtype=torch.float64)
+    m, _ = finetune.phase2(TinyEDM(), Schedule.karras(3), toy_data(), config=cfg, device="cpu", pairs=pairs)
+    if dist.get_rank() == 0:
+        torch.save(torch.cat([p.detach().reshape(-1) for p in m.parameters()]), {out!r})
+    dist.destroy_process_group()
+""")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["dsm", "distill"])
+def test_ddp_two_gloo_processes_equal_single_process_doubled_batch(tmp_path, loss):
+    """2 processes × batch 8 (global 16) == 1 process × batch 16, to 1e-10 in float64 (summation order only)."""
+    out = tmp_path / "ddp.pt"
+    script = tmp_path / "run.py"
+    script.write_text(_DDP_SCRIPT.format(tests=str(ROOT / "tests"), out=str(out), loss=loss))
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
+               OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    logs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    cfg = Phase2Config(iters=6, batch=16, lr=1e-3, ema_halflife=2, seed=2, loss=loss)
+    pairs = finetune.teacher_pairs(TinyEDM(seed=9), 64, (4,), 80.0, 0.002, seed=1, steps=8, dtype=torch.float64)
+    single, _ = finetune.phase2(TinyEDM(), Schedule.karras(3), toy_data(), config=cfg, device="cpu", pairs=pairs)
+    ddp = torch.load(out)
+    assert not torch.equal(ddp, params(TinyEDM()))                   # it trained
+    assert torch.allclose(ddp, params(single), rtol=0, atol=1e-10), float((ddp - params(single)).abs().max())
+
+
+def test_batch_must_divide_world_size(monkeypatch):
+    monkeypatch.setattr(finetune, "_dist", lambda: (0, 3))
+    with pytest.raises(ValueError, match="divisible by the world size 3"):
+        finetune.phase2(TinyEDM(), Schedule.karras(3), toy_data(), config=Phase2Config(batch=8), device="cpu")
+
+
+# -- the alternating loop ----------------------------------------------------------------------------------------------
+def test_alternate_recomputes_phase1_each_round_with_the_current_model():
+    seen = []
+
+    def phase1(model, steps, solver):
+        seen.append(params(model).clone())
+        return Schedule.karras(steps, rho=5.0 + len(seen))
+
+    cfg = Phase2Config(iters=5, batch=8, lr=1e-3)
+    model, sched, hist = finetune.alternate(TinyEDM(), 3, toy_data(), rounds=2, phase1=phase1, config=cfg, device="cpu")
+    assert len(seen) == 2 and not torch.equal(seen[0], seen[1])     # round 2 optimised the tuned model
+    assert np.array_equal(sched.sigmas, Schedule.karras(3, rho=7.0).sigmas) and "phase1_seconds" in sched.meta
+    assert [h["round"] for h in hist] == [1, 2] and hist[1]["config"]["seed"] == 2
+
+
+# -- a checkpoint tied to its schedule ---------------------------------------------------------------------------------
+def test_check_schedule_warns_on_another_schedule_or_solver():
+    m = TinyEDM()
+    s = Schedule.karras(4)
+    assert finetune.check_schedule(m, Schedule.karras(5))           # not finetuned: nothing to check
+    m.finetuned_for = {"schedule": s.to_dict(), "solver": "euler"}
+    assert finetune.check_schedule(m, s, "euler")
+    with pytest.warns(finetune.ScheduleMismatchWarning, match="schedule"):
+        assert not finetune.check_schedule(m, Schedule.karras(4, rho=3.0), "euler")
+    with pytest.warns(finetune.ScheduleMismatchWarning, match="solver 'heun'"):
+        finetune.check_schedule(m, s, "heun")
