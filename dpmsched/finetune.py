@@ -489,3 +489,126 @@ def check_schedule(model, schedule, solver: str | None = None) -> bool:
                       ScheduleMismatchWarning, stacklevel=2)
         return False
     return True
+
+
+# -- evaluation used by the CLI, the benchmark and notebook 04 ---------------------------------------------------
+@torch.no_grad()
+def sample(model, schedule, solver: str = "euler", n: int = 512, seed: int = 0, batch: int = 1024):
+    """``n`` samples (n, *event) of ``model`` with ``solver`` on ``schedule`` from latents drawn with ``seed``
+    (on the CPU, so every device sees the same z).  Warns if the model was finetuned for another pair."""
+    from . import solvers
+
+    s = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    check_schedule(model, s, solver)
+    p = next(model.parameters(), None)
+    dev, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float64)
+    g = torch.Generator().manual_seed(int(seed))
+    z = torch.randn(n, *model.event_shape, generator=g).to(dev, dtype)
+    fn = solvers.get(solver)
+    return torch.cat([fn(model, z[i:i + batch] * float(s.sigmas[0]), s) for i in range(0, n, batch)])
+
+
+@torch.no_grad()
+def few_step_error(model, schedule, solver: str = "euler", pairs=None, n: int = 256, seed: int = 0,
+                   ref_steps: int = 32) -> float:
+    """RMSE of the few-step solve against the model's own accurate solve from the same latents
+    (:func:`dpmsched.metrics.truncation_error`); ``pairs`` = :func:`teacher_pairs` output to reuse."""
+    from . import solvers
+    from .metrics import truncation_error
+
+    s = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    if pairs is None:
+        p = next(model.parameters())
+        pairs = teacher_pairs(model, n, model.event_shape, s.sigma_max, s.sigma_min, seed=seed, steps=ref_steps,
+                              device=p.device, dtype=p.dtype)
+    z, x_ref = pairs
+    return truncation_error(solvers.get(solver)(model, z * float(s.sigmas[0]), s), x_ref)
+
+
+# -- the command line ------------------------------------------------------------------------------------------------
+def _training_data(name: str, event_shape) -> torch.Tensor:
+    from . import data as _data
+
+    if name != "digits":
+        raise ValueError(f"unknown training data {name!r}; expected 'digits'")
+    x = _data.digits("train")
+    if tuple(event_shape) != tuple(x.shape[1:]):
+        size = tuple(event_shape)[-2:]
+        if len(event_shape) != 3 or event_shape[0] != 1:
+            raise ValueError(f"the model's event shape {tuple(event_shape)} does not fit the digits (1, H, W)")
+        x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x
+
+
+def cli_finetune(argv: list[str]) -> int:
+    """``python -m dpmsched finetune --model digits-edm --steps 5 --solver euler --rounds 2 --iters N --out DIR``
+
+    Runs the alternating loop (Phase-1 = the Huang optimizer, Phase-2 = this module) and writes, under
+    ``--out``: ``round<r>/schedule.json``, ``round<r>/state.*`` (resumable), ``model/`` (the finetuned
+    checkpoint, tied to its schedule and solver) and ``summary.json``.  Under ``torchrun --nproc_per_node K``
+    it runs data-parallel (gloo on CPU, NCCL on GPU).
+    """
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m dpmsched finetune", description=cli_finetune.__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="model name or checkpoint folder")
+    p.add_argument("--steps", type=int, required=True, help="number of solver steps N")
+    p.add_argument("--solver", default="euler", help="solver the schedule and the model are tuned for")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds R")
+    p.add_argument("--scale", default="cpu-small", choices=sorted(PRESETS), help="hyper-parameter preset")
+    p.add_argument("--iters", type=int, default=None, help="Phase-2 iterations per round (default: the preset's)")
+    p.add_argument("--batch", type=int, default=None, help="global batch (default: the preset's)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's)")
+    p.add_argument("--loss", default="dsm", choices=LOSSES, help="Phase-2 reading")
+    p.add_argument("--weights", default="convex", choices=WEIGHTS, help="step weights (dsm)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="save the resumable state every M iterations")
+    p.add_argument("--data", default="digits", help="training data for the dsm loss")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-samples", type=int, default=None, help="latents for the per-round evaluation")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    a = p.parse_args(argv)
+    preset = PRESETS[a.scale]
+    opts = dict(preset["phase2"], loss=a.loss, weights=a.weights, seed=a.seed)
+    for key, val in (("iters", a.iters), ("batch", a.batch), ("lr", a.lr), ("checkpoint_every", a.checkpoint_every)):
+        if val is not None:
+            opts[key] = val
+    cfg = Phase2Config(**opts)
+    dev = resolve_device(a.device)
+    started = init_distributed(dev)
+    try:
+        from .denoisers import load
+
+        model = load(a.model, device=str(dev))
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"model {a.model!r} is not a trainable network (exact denoisers cannot be finetuned)")
+        x0 = _training_data(a.data, model.event_shape) if cfg.loss == "dsm" else None
+        n_eval = a.eval_samples or preset["eval_samples"]
+        rank, world = _dist()
+        rows = []
+
+        def on_round(r, m, sched, hist):
+            if rank == 0:
+                err = few_step_error(m, sched, a.solver, n=n_eval, seed=a.seed + 12345)
+                rows.append({"round": r, "sigmas": list(sched.sigmas), "rmse_vs_own_reference": err,
+                             "phase2_seconds": hist["seconds"], "final_loss": hist["loss"][-1] if hist["loss"] else None})
+                print(f"round {r}: schedule {np.array2string(sched.sigmas, precision=4)}; "
+                      f"few-step RMSE vs the model's own reference {err:.4f}; Phase-2 {hist['seconds']:.1f} s", flush=True)
+
+        t0 = time.perf_counter()
+        alternate(model, a.steps, x0, rounds=a.rounds, solver=a.solver, config=cfg, device=dev, out_dir=a.out,
+                  resume=a.resume, on_round=on_round, progress=True)
+        if rank == 0:
+            summary = {"command": "python -m dpmsched finetune " + " ".join(argv), "world_size": world,
+                       "device": str(dev), "seconds": time.perf_counter() - t0, "rounds": rows,
+                       "config": asdict(cfg)}
+            atomic_write_text(Path(a.out) / "summary.json", json.dumps(summary, indent=1))
+            print(f"wrote {a.out}/model (finetuned for its schedule and solver) and {a.out}/summary.json")
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return 0
