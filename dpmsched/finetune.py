@@ -48,13 +48,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoints import atomic_write_bytes, atomic_write_text
+from .checkpoints import atomic_write_bytes, atomic_write_text, tensors_from_file, tensors_to_bytes
 from .schedules import Schedule
 
 __all__ = [
     "WEIGHTS", "LOSSES", "PRESETS", "Phase2Config", "edm_loss_weight", "edm_effective_weight", "step_weights",
     "dsm_loss", "distill_loss", "teacher_pairs", "phase2", "alternate", "default_phase1", "resolve_device",
-    "save_finetuned", "load_finetuned", "check_schedule", "cli_finetune",
+    "save_finetuned", "load_finetuned", "check_schedule", "ScheduleMismatchWarning", "sample", "few_step_error",
+    "cli_finetune",
 ]
 
 WEIGHTS = ("convex", "convex-sq", "uniform", "edm")
@@ -255,10 +256,8 @@ def _state_tensors(model, ema, opt) -> dict[str, torch.Tensor]:
 def save_state(folder, model, ema, opt, iteration: int, info: dict) -> None:
     """Write ``state.safetensors`` then ``state.json`` (the JSON names the iteration; written last, so a
     reader that finds the JSON finds the matching tensors).  Both atomic.  Rank 0 only."""
-    from safetensors.torch import save
-
     folder = Path(folder)
-    atomic_write_bytes(folder / "state.safetensors", save(_state_tensors(model, ema, opt)))
+    atomic_write_bytes(folder / "state.safetensors", tensors_to_bytes(_state_tensors(model, ema, opt)))
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
     atomic_write_text(folder / "state.json", json.dumps({"iteration": int(iteration), "param_groups": groups,
                                                          "info": info}, indent=1))
@@ -266,14 +265,12 @@ def save_state(folder, model, ema, opt, iteration: int, info: dict) -> None:
 
 def load_state(folder, model, ema, opt) -> int:
     """Restore what :func:`save_state` wrote into ``model``, ``ema``, ``opt``; returns the iteration reached."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     js, st = folder / "state.json", folder / "state.safetensors"
     if not (js.exists() and st.exists()):
         raise FileNotFoundError(f"no resumable state in {folder} (expected state.json and state.safetensors)")
     meta = json.loads(js.read_text())
-    t = load_file(str(st))
+    t = tensors_from_file(st)
     model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
     if ema is not None:
         ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
@@ -332,7 +329,7 @@ def phase2(model: torch.nn.Module, schedule, data: torch.Tensor | None = None, *
         if data is None:
             raise ValueError("loss='dsm' needs the training data x0")
         data = torch.as_tensor(data).to(dtype)
-        lam = step_weights(s, cfg.weights)
+        lam = step_weights(s, cfg.weights, getattr(model, "sigma_data", SIGMA_DATA))
         sig = s.sigmas[:-1]
     else:
         if pairs is None:
@@ -394,6 +391,7 @@ def phase2(model: torch.nn.Module, schedule, data: torch.Tensor | None = None, *
                 save_state(state_dir, net, ema, opt, done, info)
             _barrier()
     out = (ema if ema is not None else net).eval()
+    out.finetuned_for = {"schedule": s.to_dict(), "solver": solver}
     return out, {"loss": losses, "seconds": time.perf_counter() - t0, "start_iteration": start, **info}
 
 
@@ -463,7 +461,10 @@ class ScheduleMismatchWarning(UserWarning):
 
 
 def _tuned_for(model) -> dict | None:
-    return getattr(model, "finetuned_for", None)
+    """{"schedule", "solver"} a model was finetuned for: set by :func:`phase2`, or read from the config of a
+    checkpoint written by :func:`save_finetuned` (so ``denoisers.load`` of such a folder is covered too)."""
+    tuned = getattr(model, "finetuned_for", None)
+    return tuned if tuned is not None else (getattr(model, "config", None) or {}).get("finetune")
 
 
 def check_schedule(model, schedule, solver: str | None = None) -> bool:
@@ -612,3 +613,32 @@ def cli_finetune(argv: list[str]) -> int:
 
             dist.destroy_process_group()
     return 0
+
+
+def save_finetuned(model, folder, schedule, solver: str, info: dict | None = None) -> Path:
+    """Write a finetuned EDM model with :func:`dpmsched.checkpoints.save_model`; its ``config.json`` gets a
+    ``"finetune"`` entry {"schedule", "solver", "base_model", **info} that ties it to the pair it was tuned for."""
+    from .checkpoints import save_model
+
+    s = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    base = dict(getattr(model, "config", None) or {})
+    tuned = {"schedule": s.to_dict(), "solver": str(solver),
+             "base_model": base.get("finetune", {}).get("base_model", getattr(model, "name", None)), **(info or {})}
+    return save_model(model, folder, kind="edm", dataset=base.get("dataset", "unknown"),
+                      training=base.get("training"), extra={"finetune": tuned})
+
+
+def load_finetuned(path, schedule=None, solver: str | None = None, device="cpu"):
+    """Load a checkpoint written by :func:`save_finetuned`.  ``schedule``/``solver``: the pair you intend to
+    use; a different one raises :class:`ScheduleMismatchWarning`.  Returns ``(model, tuned_schedule, solver)``.
+    """
+    from .checkpoints import load_model
+
+    model = load_model(path, device=device)
+    tuned = (getattr(model, "config", None) or {}).get("finetune")
+    if tuned is None:
+        raise ValueError(f"{path} is not a finetuned checkpoint (its config.json has no 'finetune' entry)")
+    model.finetuned_for = {"schedule": tuned["schedule"], "solver": tuned["solver"]}
+    if schedule is not None:
+        check_schedule(model, schedule, solver)
+    return model, Schedule.from_dict(tuned["schedule"]), tuned["solver"]

@@ -14,27 +14,19 @@ import torch
 
 from dpmsched import Schedule, finetune
 from dpmsched.denoisers.exact import Gaussian
+from dpmsched.denoisers.nets import MLP, EDMDenoiser
 from dpmsched.finetune import Phase2Config, dsm_loss, step_weights
 from dpmsched.theory import convex_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class TinyEDM(torch.nn.Module):
-    """A tiny EDM-preconditioned MLP denoiser for plumbing tests (§0.1 preconditioning)."""
-
-    def __init__(self, dim=4, hidden=16, dtype=torch.float64, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.f = torch.nn.Sequential(torch.nn.Linear(dim + 1, hidden), torch.nn.SiLU(),
-                                     torch.nn.Linear(hidden, dim)).to(dtype)
-        self.event_shape = (dim,)
-
-    def forward(self, x, sigma):
-        s = torch.as_tensor(sigma, dtype=x.dtype).expand(x.shape[0]).reshape(-1, 1)
-        sd = 0.5
-        c_skip, c_out, c_in = sd**2 / (s**2 + sd**2), s * sd / (s**2 + sd**2).sqrt(), 1 / (s**2 + sd**2).sqrt()
-        return c_skip * x + c_out * self.f(torch.cat([c_in * x, 0.25 * s.log()], 1))
+def TinyEDM(dim=4, width=16, seed=0, sigma_data=0.5):
+    """A tiny EDM-preconditioned MLP (dpmsched.denoisers.nets) in float64, output layer randomised."""
+    torch.manual_seed(seed)
+    net = MLP(dim=dim, width=width, depth=1, emb_dim=8).double()
+    torch.nn.init.normal_(net.out.weight, std=0.3)
+    return EDMDenoiser(net, sigma_data, (dim,), name="tiny")
 
 
 def toy_data(n=256, dim=4, seed=1):
@@ -270,3 +262,28 @@ def test_check_schedule_warns_on_another_schedule_or_solver():
         assert not finetune.check_schedule(m, Schedule.karras(4, rho=3.0), "euler")
     with pytest.warns(finetune.ScheduleMismatchWarning, match="solver 'heun'"):
         finetune.check_schedule(m, s, "heun")
+
+
+def test_finetuned_checkpoint_round_trips_with_its_schedule(tmp_path):
+    # float32 like the shipped models (checkpoints.load_model builds the net in float32 before loading)
+    s = Schedule.karras(3, rho=5.0)
+    tuned, _ = finetune.phase2(TinyEDM().float(), s, toy_data().float(), config=Phase2Config(iters=3, batch=8),
+                               solver="heun", device="cpu")
+    finetune.save_finetuned(tuned, tmp_path / "ft", s, "heun", {"rounds": 1})
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                           # the tuned pair loads silently
+        back, s2, solver = finetune.load_finetuned(tmp_path / "ft", s, "heun")
+    assert np.array_equal(s2.sigmas, s.sigmas) and solver == "heun" and back.config["finetune"]["rounds"] == 1
+    x = torch.randn(5, 4)
+    assert torch.equal(back(x, 0.7), tuned(x, 0.7))               # same weights, same function
+    with pytest.warns(finetune.ScheduleMismatchWarning):
+        finetune.load_finetuned(tmp_path / "ft", Schedule.karras(3), "heun")
+    from dpmsched.denoisers import load                           # the generic loader is covered too
+    with pytest.warns(finetune.ScheduleMismatchWarning, match="solver 'euler'"):
+        finetune.sample(load(tmp_path / "ft"), s, "euler", n=4)
+    # a plain (not finetuned) checkpoint is refused by load_finetuned
+    from dpmsched.checkpoints import save_model
+    save_model(TinyEDM(), tmp_path / "plain", kind="edm", dataset="toy")
+    with pytest.raises(ValueError, match="not a finetuned checkpoint"):
+        finetune.load_finetuned(tmp_path / "plain")
