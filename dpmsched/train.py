@@ -1,0 +1,296 @@
+"""Training loops for the shipped models: EDM, discrete DDPM, and the digits classifier.
+(ALGORITHMS.md §0.1, §7; DESIGN.md §5)
+
+* ``kind: edm`` — EDM training (Karras et al. 2022): ln σ ~ N(P_mean, P_std²), loss
+  ``λ(σ) ‖D(x0 + σε; σ) − x0‖²`` with ``λ(σ) = (σ² + σ_d²)/(σ σ_d)²`` (the weight that makes the
+  effective target of F unit-variance).
+* ``kind: ddpm`` — discrete DDPM (Ho et al. 2020), T = 1000 linear β: n ~ U{0..T−1},
+  ``x_n = √ᾱ_n x0 + √(1−ᾱ_n) ε``, loss ``‖ε̂(x_n, n) − ε‖²``.
+* ``kind: classifier`` — cross-entropy on the digits train split; test accuracy recorded.
+
+All randomness (batches, σ, n, ε, dropout) flows from one ``torch.Generator`` seeded by ``seed``
+(dropout uses the global RNG, seeded from it).  Every ``ckpt_every`` steps the full training state —
+raw weights, EMA weights, Adam moments, the generator state, the step and the loss history — is
+written atomically to ``state_dir`` (safetensors + JSON, no pickle); a run restarted with the same
+config resumes there and reaches the same state as an uninterrupted run.  The final EMA weights are
+saved with :func:`dpmsched.checkpoints.save_model` into ``out``.
+
+Command line: ``python -m dpmsched train --config data/configs/digits-edm.yaml``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoints import atomic_write_bytes, atomic_write_text, save_model, tensors_from_file, tensors_to_bytes
+
+__all__ = ["DEFAULTS", "load_config", "train", "edm_loss", "ddpm_loss", "make_model", "make_data", "cli_train"]
+
+#: every config key with its default; a config file may set only these
+DEFAULTS: dict = {
+    "name": None,              # model name (the folder name under data/)
+    "kind": "edm",             # edm | ddpm | classifier
+    "data": "digits",          # digits | toy2d-ring | toy2d-grid
+    "arch": {"type": "unet"},  # nets.build_net config
+    "steps": 1000,             # optimizer steps
+    "batch": 64,               # batch size
+    "lr": 1e-3,                # Adam learning rate (after warm-up)
+    "warmup": 100,             # linear learning-rate warm-up, steps
+    "ema": 0.999,              # EMA decay per step (warm-up: min(ema, (1+t)/(10+t)))
+    "seed": 0,                 # the one seed of the run
+    "ckpt_every": 250,         # steps between training-state checkpoints
+    "P_mean": -1.2,            # EDM: mean of ln σ
+    "P_std": 1.2,              # EDM: std of ln σ
+    "sigma_data": None,        # EDM: σ_d; None = std of the training data
+    "sigma_min": 0.002,        # EDM: recorded σ range of the model
+    "sigma_max": 80.0,
+    "T": 1000,                 # DDPM: number of steps of the linear-β table
+    "out": None,               # final checkpoint folder; None = data/<name>
+    "state_dir": None,         # training-state folder; None = runs/train/<name>
+    "device": "cpu",
+}
+
+KINDS = ("edm", "ddpm", "classifier")
+
+
+def load_config(path_or_dict) -> dict:
+    """A complete config: ``DEFAULTS`` updated by a YAML file (or a dict); unknown keys raise ValueError."""
+    if isinstance(path_or_dict, dict):
+        user = dict(path_or_dict)
+    else:
+        import yaml
+
+        path = Path(path_or_dict)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {path} does not exist")
+        user = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(user, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys")
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown training config key(s) {unknown}; expected some of {sorted(DEFAULTS)}")
+    cfg = {**DEFAULTS, **user}
+    if not cfg["name"]:
+        raise ValueError("training config needs a 'name'")
+    if cfg["kind"] not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {cfg['kind']!r}")
+    for k in ("steps", "batch", "ckpt_every"):
+        if not (isinstance(cfg[k], int) and cfg[k] >= 1):
+            raise ValueError(f"{k} must be a positive int, got {cfg[k]!r}")
+    root = Path(__file__).resolve().parents[1]
+    cfg["out"] = str(cfg["out"] or root / "data" / cfg["name"])
+    cfg["state_dir"] = str(cfg["state_dir"] or root / "runs" / "train" / cfg["name"])
+    return cfg
+
+
+# -- data and model -----------------------------------------------------------------------------
+def make_data(name: str, split: str = "train"):
+    """``(sample(n, generator) -> (x0, labels|None), event_shape, std)`` for a data-set name."""
+    if name == "digits":
+        from .data import digits
+
+        x, y = digits(split, labels=True)
+
+        def sample(n, g):
+            i = torch.randint(len(x), (n,), generator=g)
+            return x[i], y[i]
+
+        return sample, tuple(x.shape[1:]), float(x.std())
+    if name.startswith("toy2d-"):
+        from .denoisers import EXACT_MODELS
+
+        if name not in EXACT_MODELS:
+            raise ValueError(f"unknown toy data {name!r}; expected one of {[k for k in EXACT_MODELS if 'toy2d' in k]}")
+        mix = EXACT_MODELS[name]()
+        return (lambda n, g: (mix.sample(n, g, dtype=torch.float32), None)), tuple(mix.event_shape), mix.std
+    raise ValueError(f"unknown data {name!r}; expected 'digits' or a toy2d-* mixture")
+
+
+def make_model(cfg: dict, event_shape, data_std: float):
+    """The trainable model for ``cfg['kind']``: EDMDenoiser, VPDenoiser(ε-net) or DigitsClassifier."""
+    from .denoisers.nets import EDMDenoiser, build_net
+
+    net = build_net(cfg["arch"])
+    if cfg["kind"] == "classifier":
+        net.name = cfg["name"]
+        return net
+    if cfg["kind"] == "edm":
+        sd = cfg["sigma_data"] if cfg["sigma_data"] is not None else data_std
+        return EDMDenoiser(net, sd, event_shape, cfg["sigma_min"], cfg["sigma_max"], cfg["name"])
+    from .denoisers.vp import VPDenoiser
+    from .noise import DiscreteVP
+
+    return VPDenoiser(net, DiscreteVP.linear(cfg["T"]), "epsilon", event_shape, name=cfg["name"])
+
+
+# -- losses -------------------------------------------------------------------------------------
+def edm_loss(den, x0: torch.Tensor, g: torch.Generator, P_mean: float = -1.2, P_std: float = 1.2) -> torch.Tensor:
+    """EDM loss, mean over the batch of λ(σ)‖D(x0+σε; σ) − x0‖²/d, ln σ ~ N(P_mean, P_std²)."""
+    b = x0.shape[0]
+    sigma = torch.exp(P_mean + P_std * torch.randn(b, generator=g, dtype=x0.dtype))
+    eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
+    sd = den.sigma_data
+    weight = (s**2 + sd**2) / (s * sd) ** 2
+    return (weight * (den(x0 + s * eps, sigma) - x0) ** 2).mean()
+
+
+def ddpm_loss(vp, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Discrete DDPM ε-MSE (§7): n ~ U{0..T−1}, x_n = √ᾱ_n x0 + √(1−ᾱ_n) ε, mean ‖ε̂(x_n, n) − ε‖²/d."""
+    ab = torch.as_tensor(vp.noise.alphas_cumprod, dtype=x0.dtype)
+    n = torch.randint(len(ab), (x0.shape[0],), generator=g)
+    eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    a = ab[n].reshape(-1, *([1] * (x0.ndim - 1)))
+    x_n = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    return ((vp.eps(x_n, n.to(x0.dtype)) - eps) ** 2).mean()
+
+
+def _loss(cfg, model, x0, y, g):
+    if cfg["kind"] == "edm":
+        return edm_loss(model, x0, g, cfg["P_mean"], cfg["P_std"])
+    if cfg["kind"] == "ddpm":
+        return ddpm_loss(model, x0, g)
+    return torch.nn.functional.cross_entropy(model(x0), y)
+
+
+def classifier_accuracy(net, split: str = "test") -> float:
+    """Accuracy of a digits classifier on a split."""
+    from .data import digits
+
+    x, y = digits(split, labels=True)
+    with torch.no_grad():
+        return float((net.eval()(x).argmax(1) == y).double().mean())
+
+
+# -- training state (safetensors + JSON) --------------------------------------------------------
+def _save_state(state_dir: Path, step, net, ema, opt, g, losses, wall_s, cfg):
+    tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.items()})
+    osd = opt.state_dict()
+    for i, st in osd["state"].items():
+        tensors.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in st.items()})
+    tensors["rng"] = g.get_state()
+    tensors["torch_rng"] = torch.get_rng_state()
+    meta = {"step": step, "losses": losses, "wall_s": wall_s, "param_groups": osd["param_groups"],
+            "config": {k: v for k, v in cfg.items() if k not in ("out", "state_dir")}}
+    atomic_write_bytes(state_dir / "state.safetensors", tensors_to_bytes(tensors))
+    atomic_write_text(state_dir / "state.json", json.dumps(meta))
+
+
+def _load_state(state_dir: Path, net, ema, opt, g, cfg):
+    meta = json.loads((state_dir / "state.json").read_text())
+    def same(c):
+        return {k: v for k, v in c.items() if k not in ("out", "state_dir", "steps")}
+
+    if same(meta["config"]) != json.loads(json.dumps(same(cfg))):
+        raise ValueError(f"training state in {state_dir} was made with another config; delete it or use --no-resume")
+    t = tensors_from_file(state_dir / "state.safetensors")
+    net.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("net.")})
+    for k in ema:
+        ema[k].copy_(t[f"ema.{k}"])
+    state = {}
+    for k, v in t.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    g.set_state(t["rng"])
+    torch.set_rng_state(t["torch_rng"])
+    return meta["step"], meta["losses"], meta["wall_s"]
+
+
+# -- the loop -----------------------------------------------------------------------------------
+def train(config, *, resume: bool = True, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train the model of ``config`` (a YAML path or a dict, see :data:`DEFAULTS`); returns a summary.
+
+    ``stop_after``: stop (after checkpointing) once this step is reached, as if interrupted — used by
+    the resume test.  With ``resume`` a matching state in ``state_dir`` is continued.  When
+    ``cfg['steps']`` is reached the EMA model is saved to ``cfg['out']``.  Returns
+    ``{"step", "losses" (per-step list), "wall_s", "out" (or None), "test_accuracy" (classifier)}``.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = load_config(config)
+    g = torch.Generator().manual_seed(int(cfg["seed"]))
+    torch.manual_seed(int(cfg["seed"]))
+    sample, event_shape, data_std = make_data(cfg["data"])
+    model = make_model(cfg, event_shape, data_std)
+    net = model if cfg["kind"] == "classifier" else (model.net if cfg["kind"] == "edm" else model.model)
+    net.to(cfg["device"])
+    opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
+    ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    state_dir = Path(cfg["state_dir"])
+    step, losses, wall = 0, [], 0.0
+    if resume and (state_dir / "state.json").is_file():
+        step, losses, wall = _load_state(state_dir, net, ema, opt, g, cfg)
+    end = min(cfg["steps"], stop_after) if stop_after is not None else cfg["steps"]
+    t0 = time.perf_counter()
+    bar = tqdm(total=end, initial=step, desc=cfg["name"], disable=not progress, mininterval=5)
+    net.train()
+    while step < end:
+        for group in opt.param_groups:
+            group["lr"] = cfg["lr"] * min(1.0, (step + 1) / max(1, cfg["warmup"]))
+        x0, y = sample(cfg["batch"], g)
+        loss = _loss(cfg, model, x0.to(cfg["device"]), None if y is None else y.to(cfg["device"]), g)
+        lval = float(loss.detach())
+        if not math.isfinite(lval):
+            raise FloatingPointError(f"training loss became {lval} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        decay = min(cfg["ema"], (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in net.state_dict().items():
+                if v.dtype.is_floating_point:
+                    ema[k].lerp_(v, 1.0 - decay)
+                else:
+                    ema[k].copy_(v)
+        losses.append(lval)
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
+        if step % cfg["ckpt_every"] == 0 or step == end:
+            _save_state(state_dir, step, net, ema, opt, g, losses, wall + time.perf_counter() - t0, cfg)
+    bar.close()
+    wall += time.perf_counter() - t0
+    out = {"step": step, "losses": losses, "wall_s": wall, "out": None}
+    if step >= cfg["steps"]:
+        net.load_state_dict(ema)
+        net.eval()
+        training = {k: cfg[k] for k in ("steps", "batch", "lr", "warmup", "ema", "seed", "P_mean", "P_std")}
+        training.update(wall_s=round(wall, 1), final_loss_avg100=sum(losses[-100:]) / len(losses[-100:]),
+                        torch=torch.__version__, threads=torch.get_num_threads(), device=cfg["device"],
+                        params=sum(p.numel() for p in net.parameters()))
+        if cfg["kind"] == "classifier":
+            out["test_accuracy"] = training["test_accuracy"] = classifier_accuracy(net)
+        save_model(model, cfg["out"], kind=cfg["kind"], dataset=cfg["data"], training=training)
+        out["out"] = cfg["out"]
+    return out
+
+
+def cli_train(argv: list[str]) -> int:
+    """``python -m dpmsched train --config FILE.yaml [--steps N] [--out DIR] [--no-resume] [--quiet]``"""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m dpmsched train", description=cli_train.__doc__)
+    p.add_argument("--config", required=True, help="YAML training config (see data/configs/)")
+    p.add_argument("--steps", type=int, default=None, help="override the number of steps")
+    p.add_argument("--out", default=None, help="final checkpoint folder (default: data/<name>)")
+    p.add_argument("--no-resume", action="store_true", help="ignore a saved training state and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    cfg = load_config(a.config)
+    if a.steps is not None:
+        cfg["steps"] = a.steps
+    if a.out:
+        cfg["out"] = a.out
+    res = train(cfg, resume=not a.no_resume, progress=not a.quiet)
+    acc = f", test accuracy {res['test_accuracy']:.4f}" if "test_accuracy" in res else ""
+    print(f"{cfg['name']}: {res['step']} steps in {res['wall_s']:.0f} s, "
+          f"last-100 loss {sum(res['losses'][-100:]) / len(res['losses'][-100:]):.4f}{acc} -> {res['out']}")
+    return 0
