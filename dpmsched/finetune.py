@@ -48,7 +48,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoints import atomic_write_bytes, atomic_write_text, tensors_from_file, tensors_to_bytes
+from .checkpoints import atomic_write_text
 from .schedules import Schedule
 
 __all__ = [
@@ -242,47 +242,13 @@ def _barrier():
         dist.barrier()
 
 
-# -- resumable state (model, EMA, Adam, iteration), atomic ------------------------------------------------
-def _state_tensors(model, ema, opt) -> dict[str, torch.Tensor]:
-    out = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if ema is not None:
-        out |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
-    for i, st in opt.state_dict()["state"].items():
-        for k, v in st.items():
-            out[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
-    return out
-
-
-def save_state(folder, model, ema, opt, iteration: int, info: dict) -> None:
-    """Write ``state.safetensors`` then ``state.json`` (the JSON names the iteration; written last, so a
-    reader that finds the JSON finds the matching tensors).  Both atomic.  Rank 0 only."""
-    folder = Path(folder)
-    atomic_write_bytes(folder / "state.safetensors", tensors_to_bytes(_state_tensors(model, ema, opt)))
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
-    atomic_write_text(folder / "state.json", json.dumps({"iteration": int(iteration), "param_groups": groups,
-                                                         "info": info}, indent=1))
-
-
-def load_state(folder, model, ema, opt) -> int:
-    """Restore what :func:`save_state` wrote into ``model``, ``ema``, ``opt``; returns the iteration reached."""
-    folder = Path(folder)
-    js, st = folder / "state.json", folder / "state.safetensors"
-    if not (js.exists() and st.exists()):
-        raise FileNotFoundError(f"no resumable state in {folder} (expected state.json and state.safetensors)")
-    meta = json.loads(js.read_text())
-    t = tensors_from_file(st)
-    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
-    if ema is not None:
-        ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
-    state: dict[int, dict] = {}
-    for k, v in t.items():
-        if k.startswith("opt."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    sd = opt.state_dict()
-    groups = [dict(g, params=old["params"]) for g, old in zip(meta["param_groups"], sd["param_groups"])]
-    opt.load_state_dict({"state": state, "param_groups": groups})
-    return int(meta["iteration"])
+# -- resumable state: dpmsched.train's machinery ------------------------------------------------------------
+def _state_config(cfg: "Phase2Config", s: Schedule, solver: str) -> dict:
+    """What must not change between an interrupted run and its resumption (train.py compares it; the
+    iteration count ``steps`` may grow)."""
+    d = asdict(cfg)
+    d["steps"] = d.pop("iters")
+    return d | {"schedule": [float(v) for v in s.sigmas], "solver": str(solver)}
 
 
 @torch.no_grad()
@@ -347,17 +313,18 @@ def phase2(model: torch.nn.Module, schedule, data: torch.Tensor | None = None, *
 
         ddp = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    start = 0
+    from .train import _load_state, _save_state      # the same atomic state format as model training
+
+    ema_sd = ema.state_dict() if ema is not None else {}   # views of the EMA module's tensors
+    state_cfg, rng = _state_config(cfg, s, solver), torch.Generator()   # (batches come from the iteration seed)
     info = {"config": asdict(cfg), "schedule": s.to_dict(), "solver": solver}
+    start, losses, wall = 0, [], 0.0
     if resume:
         if state_dir is None:
             raise ValueError("resume=True needs state_dir")
         if (Path(state_dir) / "state.json").exists():
-            start = load_state(state_dir, net, ema, opt)
-            net.to(dev)
-            if ema is not None:
-                ema.to(dev)
-    losses, t0 = [], time.perf_counter()
+            start, losses, wall = _load_state(Path(state_dir), net, ema_sd, opt, rng, state_cfg)
+    t0 = time.perf_counter()
     it_range = range(start, cfg.iters)
     if progress and rank == 0:
         from tqdm.auto import tqdm
@@ -388,11 +355,12 @@ def phase2(model: torch.nn.Module, schedule, data: torch.Tensor | None = None, *
         done = it + 1
         if state_dir is not None and (done == cfg.iters or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
             if rank == 0:
-                save_state(state_dir, net, ema, opt, done, info)
+                _save_state(Path(state_dir), done, net, ema_sd, opt, rng, losses, wall + time.perf_counter() - t0,
+                            state_cfg)
             _barrier()
     out = (ema if ema is not None else net).eval()
     out.finetuned_for = {"schedule": s.to_dict(), "solver": solver}
-    return out, {"loss": losses, "seconds": time.perf_counter() - t0, "start_iteration": start, **info}
+    return out, {"loss": losses, "seconds": wall + time.perf_counter() - t0, "start_iteration": start, **info}
 
 
 # -- the alternating loop ------------------------------------------------------------------------------------

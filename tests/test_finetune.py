@@ -173,17 +173,21 @@ def test_kill_and_resume_gives_the_same_parameters(tmp_path):
     with pytest.raises(Killed):
         finetune.phase2(TinyEDM(), s, toy_data(), config=cfg, device="cpu", state_dir=tmp_path / "b", callback=kill)
     import json
-    assert json.loads((tmp_path / "b" / "state.json").read_text())["iteration"] == 6
+    assert json.loads((tmp_path / "b" / "state.json").read_text())["step"] == 6
     resumed, hist = finetune.phase2(TinyEDM(), s, toy_data(), config=cfg, device="cpu",
                                     state_dir=tmp_path / "b", resume=True)
-    assert hist["start_iteration"] == 6 and len(hist["loss"]) == 4
+    assert hist["start_iteration"] == 6 and len(hist["loss"]) == 10      # the loss history survives too
     assert torch.equal(params(full), params(resumed))
-    # the raw (non-EMA) weights and the optimizer state match too
-    from safetensors.torch import load_file
-    ta, tb = load_file(str(tmp_path / "a" / "state.safetensors")), load_file(str(tmp_path / "b" / "state.safetensors"))
-    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
-    with pytest.raises(FileNotFoundError, match="no resumable state"):
-        finetune.load_state(tmp_path / "nothing", TinyEDM(), None, torch.optim.Adam(TinyEDM().parameters()))
+    # the raw (non-EMA) weights and the Adam moments match too
+    from dpmsched.checkpoints import tensors_from_file
+    ta, tb = (tensors_from_file(tmp_path / k / "state.safetensors") for k in "ab")
+    keys = {k for k in ta if k.split(".")[0] in ("net", "ema", "opt")}
+    assert any(k.startswith("opt.") for k in keys) and keys == {k for k in tb if k.split(".")[0] in ("net", "ema", "opt")}
+    assert all(torch.equal(ta[k], tb[k]) for k in keys)
+    # resuming with another configuration is refused (train.py's check)
+    with pytest.raises(ValueError, match="another config"):
+        finetune.phase2(TinyEDM(), s, toy_data(), config=Phase2Config(iters=10, batch=8, lr=2e-3, checkpoint_every=3),
+                        device="cpu", state_dir=tmp_path / "b", resume=True)
 
 
 # -- DDP (2 gloo processes on CPU) -----------------------------------------------------------------------------------
