@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("dpmsched.batch", "cli_demo", "run every notebook with papermill into runs/ and print a summary"),
     "optimize": ("dpmsched.optimize", "cli_optimize", "optimize a schedule for a model and solver; writes JSON"),
     "finetune": ("dpmsched.finetune", "cli_finetune", "Huang Phase-2: finetune a model on its optimized steps, alternating with Phase-1"),
+    "sample": ("dpmsched.solvers", "cli_sample", "draw samples with a solver and a schedule; writes .safetensors/.npz/.npy"),
     "train": ("dpmsched.train", "cli_train", "train a shipped model from a YAML config (resumes; writes data/<name>/)"),
     "strip": ("dpmsched.batch", "cli_strip", "store notebooks without outputs (--refresh: re-run checked cells)"),
 }

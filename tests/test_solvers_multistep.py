@@ -215,3 +215,32 @@ def test_float32_state_stays_float32():
     den = Gaussian(0.5, dim=1)
     for name in ("dpmpp_3m", "unipc", "sa_solver", "ipndm"):
         assert solvers.get(name)(den, 80.0 * _z(4).float(), Schedule.karras(4)).dtype == torch.float32
+
+
+# -- the sample command -------------------------------------------------------------------------------
+def test_sample_cli_matches_direct_call(tmp_path):
+    from safetensors.torch import load_file
+
+    from dpmsched.__main__ import main
+
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--model", "toy2d-ring", "--solver", "dpmpp_3m", "--steps", "6", "--n", "50",
+                 "--batch", "16", "--seed", "3", "--out", str(out)]) == 0
+    got = np.load(out)["samples"]
+    s = Schedule.karras(6)
+    z = torch.randn(50, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    want = solvers.dpmpp_3m(data.mixture_2d("ring"), 80.0 * z, s)
+    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-12)       # batching does not change samples
+    # a schedule file, a stochastic solver with an option, safetensors output
+    sched = tmp_path / "k.json"
+    Schedule.karras(5, rho=3.0).to_json(sched)
+    out2 = tmp_path / "s.safetensors"
+    assert main(["sample", "--model", "toy2d-ring", "--solver", "sa_solver", "--schedule", str(sched),
+                 "--opt", "tau=0.5", "--n", "8", "--out", str(out2)]) == 0
+    assert load_file(out2)["samples"].shape == (8, 2)
+    with pytest.raises(ValueError, match="contradicts"):
+        main(["sample", "--model", "toy2d-ring", "--schedule", str(sched), "--steps", "7", "--out", str(out)])
+    with pytest.raises(ValueError, match="unknown solver"):
+        main(["sample", "--model", "toy2d-ring", "--solver", "magic", "--steps", "4", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        main(["sample", "--model", "toy2d-ring", "--steps", "4", "--out", str(tmp_path / "x.txt")])

@@ -77,7 +77,9 @@ EXACT_MODELS = {
 
 def load(name_or_path, device="cpu"):
     """A ready denoiser by name: an exact model of :data:`EXACT_MODELS`, else a trained checkpoint
-    (a shipped name such as ``"digits-edm"`` or a folder) through ``dpmsched.checkpoints.load_model``.
+    (a shipped name such as ``"digits-edm"`` or a folder) through ``dpmsched.checkpoints.load_model``;
+    a local diffusers folder (``model_index.json``, or ``config.json`` + ``scheduler_config.json``) goes
+    through :func:`dpmsched.denoisers.adapters.load_diffusers`.
 
     The result has ``event_shape``, ``sigma_min``, ``sigma_max`` and ``name`` attributes.
     """
@@ -86,9 +88,21 @@ def load(name_or_path, device="cpu"):
         m = EXACT_MODELS[key]()
         m.name, m.sigma_min, m.sigma_max = key, 0.002, 80.0
         return m
+    from .adapters import is_diffusers_folder
+
+    if is_diffusers_folder(key):                 # a local diffusers UNet2DModel folder (adapters.py)
+        from .adapters import load_diffusers
+
+        return load_diffusers(key, device=device)
     from .. import checkpoints
 
     if not hasattr(checkpoints, "load_model"):
         raise ValueError(f"unknown model {key!r}; expected one of {sorted(EXACT_MODELS)} "
                          "(trained checkpoints are not available in this version)")
+    from pathlib import Path
+
+    if not Path(key).exists() and not (checkpoints.DATA_DIR / key / checkpoints.CONFIG).is_file():
+        shipped = sorted(q.parent.name for q in checkpoints.DATA_DIR.glob(f"*/{checkpoints.CONFIG}"))
+        raise ValueError(f"unknown model {key!r}; expected an exact model {sorted(EXACT_MODELS)}, "
+                         f"a shipped checkpoint {shipped} or a folder")
     return checkpoints.load_model(key, device=device)

@@ -1,0 +1,268 @@
+"""Your own VP model as an EDM denoiser: a diffusers ``UNet2DModel`` folder, or any ε-/v-/x0-network.
+(ALGORITHMS.md §0.1, §0.4; DESIGN.md §5)
+
+* :func:`from_vp_model` — wrap ``model(x_t, t)`` with its noise table (ᾱ array, :class:`DiscreteVP` or
+  :class:`LinearVP`) through :class:`~dpmsched.denoisers.vp.VPDenoiser`, the one place the VP ↔ EDM
+  conversion lives.
+* :func:`load_diffusers` — read a *local* diffusers folder (a pipeline folder with ``model_index.json``,
+  ``unet/`` and ``scheduler/``, or a folder with the UNet's ``config.json`` next to a
+  ``scheduler_config.json``) and return the model as a denoiser.  Nothing is downloaded.
+
+diffusers is imported only inside :func:`load_diffusers` (the optional ``[hub]`` extra).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..noise import DiscreteVP, LinearVP
+from .vp import PREDICTIONS, VPDenoiser
+
+__all__ = ["from_vp_model", "load_diffusers", "is_diffusers_folder", "alphas_cumprod_from_config",
+           "schedule_of_scheduler", "sample_with_diffusers", "DIFFUSERS_COUNTERPARTS", "diffusers_scheduler",
+           "compare_with_diffusers", "tiny_unet_folder"]
+
+
+def from_vp_model(model, noise, prediction: str = "epsilon", event_shape=(), time_scale: float = 1.0,
+                  name: str = "vp-model") -> VPDenoiser:
+    """An EDM denoiser ``D(x̃, σ)`` from a VP network ``model(x_t (B, *event), t (B,)) -> (B, *event)``.
+
+    ``noise``: a 1-D array of ᾱ_n (n = 0..T−1, decreasing; the model gets the step index), a
+    :class:`DiscreteVP`, or a :class:`LinearVP` (the model gets ``time_scale``·t).  ``prediction``:
+    "epsilon", "v_prediction" or "sample".  See :class:`VPDenoiser` for the conversion (§0.1).
+    """
+    if not isinstance(noise, (DiscreteVP, LinearVP)):
+        arr = np.asarray(noise, dtype=np.float64) if isinstance(noise, (list, tuple, np.ndarray, torch.Tensor)) else None
+        if arr is None:
+            raise TypeError(f"noise must be an alphas_cumprod array, DiscreteVP or LinearVP, got {type(noise).__name__}")
+        noise = DiscreteVP(arr)
+    return VPDenoiser(model, noise, prediction=prediction, event_shape=event_shape, time_scale=time_scale, name=name)
+
+
+def alphas_cumprod_from_config(cfg: dict) -> np.ndarray:
+    """ᾱ_n (float64, shape (T,)) from a diffusers scheduler config (``beta_schedule`` "linear",
+    "scaled_linear", "squaredcos_cap_v2", or ``trained_betas``), as diffusers defines them."""
+    T = int(cfg.get("num_train_timesteps", 1000))
+    if cfg.get("trained_betas") is not None:
+        betas = np.asarray(cfg["trained_betas"], dtype=np.float64)
+    else:
+        kind = cfg.get("beta_schedule", "linear")
+        b0, b1 = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+        if kind == "linear":
+            betas = np.linspace(b0, b1, T, dtype=np.float64)
+        elif kind == "scaled_linear":
+            betas = np.linspace(b0**0.5, b1**0.5, T, dtype=np.float64) ** 2
+        elif kind == "squaredcos_cap_v2":
+            def abar(t):
+                return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+            betas = np.array([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)])
+        else:
+            raise ValueError(f"unsupported beta_schedule {kind!r}; expected 'linear', 'scaled_linear' or "
+                             "'squaredcos_cap_v2' (or trained_betas)")
+    if cfg.get("rescale_betas_zero_snr"):
+        raise ValueError("rescale_betas_zero_snr gives sigma_max = inf, which an EDM schedule cannot start from")
+    return np.cumprod(1.0 - betas)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON in {path}: {e}") from e
+
+
+def _layout(folder: Path):
+    """(unet folder, scheduler config path) of a diffusers folder, or None."""
+    if (folder / "model_index.json").is_file():
+        unet, sched = folder / "unet", folder / "scheduler" / "scheduler_config.json"
+        if (unet / "config.json").is_file() and sched.is_file():
+            return unet, sched
+        return None
+    if (folder / "config.json").is_file() and (folder / "scheduler_config.json").is_file():
+        return folder, folder / "scheduler_config.json"
+    return None
+
+
+def is_diffusers_folder(path) -> bool:
+    """True for a local folder :func:`load_diffusers` can read."""
+    p = Path(path)
+    return p.is_dir() and _layout(p) is not None
+
+
+class _UNetOutput(torch.nn.Module):
+    """``UNet2DModel`` as ``f(x_t, t) -> tensor`` in the state's dtype (the net may run in another)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x_t, t):
+        dtype = next(self.unet.parameters()).dtype
+        return self.unet(x_t.to(dtype), t.to(dtype)).sample.to(x_t.dtype)
+
+
+def load_diffusers(path, device="cpu", dtype=torch.float32, name: str | None = None) -> VPDenoiser:
+    """Load a local diffusers ``UNet2DModel`` + scheduler config as an EDM denoiser.
+
+    ``path``: a pipeline folder (``model_index.json``, ``unet/config.json``, ``scheduler/scheduler_config.json``)
+    or a folder holding the UNet's ``config.json`` and weights next to ``scheduler_config.json``.
+    The scheduler config supplies the ᾱ table (:func:`alphas_cumprod_from_config`) and
+    ``prediction_type`` ("epsilon", "v_prediction", "sample"); the net runs in ``dtype`` on ``device``.
+    The result has ``event_shape`` (C, H, W), ``sigma_min``/``sigma_max`` of the table and ``name``.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such model folder: {folder}")
+    layout = _layout(folder)
+    if layout is None:
+        raise FileNotFoundError(f"{folder} is not a diffusers folder: expected model_index.json with unet/ and "
+                                "scheduler/, or config.json next to scheduler_config.json")
+    try:
+        from diffusers import UNet2DModel
+    except ImportError as e:
+        raise ImportError("loading a diffusers model needs the optional dependency: "
+                          "pip install 'dpmsched[hub]' (or pip install diffusers)") from e
+    unet_dir, sched_path = layout
+    cfg = _read_json(sched_path)
+    prediction = cfg.get("prediction_type", "epsilon")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unsupported prediction_type {prediction!r} in {sched_path}; expected one of {PREDICTIONS}")
+    unet = UNet2DModel.from_pretrained(str(unet_dir), torch_dtype=dtype).to(device=device).eval()
+    size = unet.config.sample_size
+    hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    den = from_vp_model(_UNetOutput(unet), alphas_cumprod_from_config(cfg), prediction=prediction,
+                        event_shape=(unet.config.in_channels, *hw), name=name or folder.name)
+    return den.to(device)
+
+
+def schedule_of_scheduler(scheduler, noise: DiscreteVP):
+    """The σ's a configured diffusers scheduler steps through, as a float64 :class:`Schedule`.
+
+    Taken from its integer ``timesteps`` on our float64 ᾱ table (diffusers holds σ in float32), then its
+    final σ: 0 (``final_sigmas_type="zero"``) or the table's first entry (``"sigma_min"``, SA-Solver).
+    Heun's repeated timesteps count once.  Needs integer timesteps (e.g. ``timestep_spacing="trailing"``).
+    """
+    from ..schedules import Schedule
+
+    ts = np.asarray(scheduler.timesteps, dtype=np.float64)
+    if not np.allclose(ts, np.round(ts)):
+        raise ValueError("the scheduler's timesteps are not integers: use timestep_spacing='trailing' or 'leading'")
+    idx = np.unique(np.round(ts).astype(np.int64))[::-1]
+    last = float(scheduler.sigmas[-1])
+    sig = np.append(noise.sigmas[idx], 0.0 if last == 0 else noise.sigmas[0])
+    return Schedule(sig, f"diffusers-{type(scheduler).__name__}", {"timesteps": [int(i) for i in idx]})
+
+
+@torch.no_grad()
+def sample_with_diffusers(den: VPDenoiser, scheduler, x: torch.Tensor, generator=None) -> torch.Tensor:
+    """Run a configured diffusers scheduler loop with ``den``'s network from the EDM state ``x`` at the
+    scheduler's first σ; returns the final state in EDM coordinates (x̃ = x_t/α_t).
+
+    Euler/Heun-type schedulers (``init_noise_sigma != 1``) step x̃ itself; DPM-Solver/UniPC/SA-Solver
+    step x_t = α x̃.  The σ of the first timestep is read from ``den``'s float64 table, so both sides
+    start from the same numbers.  Used by the diffusers cross-check and ``benchmarks/bench_solvers.py``.
+    """
+    ve = float(scheduler.init_noise_sigma) != 1.0
+    sched = schedule_of_scheduler(scheduler, den.noise)
+    s0, s_end = sched.sigmas[0], float(sched.sigmas[-1])
+    sample = x if ve else x / math.sqrt(1.0 + s0**2)
+    import inspect
+
+    kw = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    for t in scheduler.timesteps:
+        inp = scheduler.scale_model_input(sample, t)
+        out = den.model(inp, t.to(x.dtype).expand(x.shape[0]))
+        sample = scheduler.step(out, t, sample, **kw).prev_sample
+    if ve:
+        return sample
+    return sample * math.sqrt(1.0 + s_end**2) if s_end > 0 else sample
+
+
+#: the scheduler settings every counterpart shares: linear-β DDPM (T = 1000), ε-prediction, integer
+#: "trailing" timesteps (999, 874, … at 8 steps: the σ's lie on the ᾱ table, so the network sees the same t)
+DIFFUSERS_COMMON = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
+                    "prediction_type": "epsilon", "timestep_spacing": "trailing"}
+
+
+def _tau_zero(t):
+    return 0
+
+
+#: case → (diffusers scheduler class, its settings, our solver, our options): the pairs that must agree.
+#: ``lower_order_final=True`` is diffusers' default (applied at N < 15, as ours at every N);
+#: ``final_sigmas_type="zero"`` where available, except UniPC-bh1, which returns NaN with it in
+#: diffusers 0.42 (B(h) = −h = −∞ on the jump to σ = 0) and is compared ending at σ(t = 0)
+#: ("sigma_min"; SASolverScheduler always ends there).  SA-Solver at τ = 0 (``tau_func`` ≡ 0).
+DIFFUSERS_COUNTERPARTS = {
+    "euler": ("EulerDiscreteScheduler", {"final_sigmas_type": "zero"}, "euler", {}),
+    "heun": ("HeunDiscreteScheduler", {}, "heun", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                 "solver_type": "midpoint", "lower_order_final": True, "final_sigmas_type": "zero"}, "dpmpp_2m", {}),
+    "dpmpp_3m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3,
+                 "solver_type": "midpoint", "lower_order_final": True, "final_sigmas_type": "zero"}, "dpmpp_3m", {}),
+    "unipc_bh2_2": ("UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2", "lower_order_final": True,
+                    "final_sigmas_type": "zero"}, "unipc", {"order": 2, "variant": "bh2"}),
+    "unipc_bh1_3": ("UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh1", "lower_order_final": True,
+                    "final_sigmas_type": "sigma_min"}, "unipc", {"order": 3, "variant": "bh1"}),
+    "sa_solver_3_4": ("SASolverScheduler", {"predictor_order": 3, "corrector_order": 4, "lower_order_final": True,
+                      "algorithm_type": "data_prediction", "tau_func": _tau_zero},
+                      "sa_solver", {"predictor_order": 3, "corrector_order": 4, "tau": 0.0}),
+    "sa_solver_2_2": ("SASolverScheduler", {"predictor_order": 2, "corrector_order": 2, "lower_order_final": True,
+                      "algorithm_type": "data_prediction", "tau_func": _tau_zero},
+                      "sa_solver", {"predictor_order": 2, "corrector_order": 2, "tau": 0.0}),
+}
+
+
+def diffusers_scheduler(case: str, steps: int):
+    """The diffusers scheduler of :data:`DIFFUSERS_COUNTERPARTS` ``case``, set to ``steps`` steps."""
+    import diffusers
+
+    if case not in DIFFUSERS_COUNTERPARTS:
+        raise ValueError(f"unknown case {case!r}; expected one of {sorted(DIFFUSERS_COUNTERPARTS)}")
+    cls, extra, _, _ = DIFFUSERS_COUNTERPARTS[case]
+    sched = getattr(diffusers, cls)(**DIFFUSERS_COMMON, **extra)
+    sched.set_timesteps(steps)
+    return sched
+
+
+def compare_with_diffusers(den: VPDenoiser, case: str, steps: int, z: torch.Tensor, reference=None):
+    """Run ``case`` both ways from x = σ_0 z; returns (ours, theirs, max|ours − theirs| / max|theirs|).
+
+    Ours runs in ``z``'s dtype on the float64 σ's of the scheduler's timesteps; diffusers runs in the same
+    dtype.  ``reference`` (optional): compare diffusers with this tensor instead of our output.
+    """
+    from .. import solvers
+
+    sched = diffusers_scheduler(case, steps)
+    s = schedule_of_scheduler(sched, den.noise)
+    x = float(s.sigmas[0]) * z
+    _, _, name, opts = DIFFUSERS_COUNTERPARTS[case]
+    with torch.no_grad():
+        ours = solvers.get(name)(den, x, s, **opts)
+    theirs = sample_with_diffusers(den, sched, x)
+    ref = ours if reference is None else reference
+    rel = float((ref.double() - theirs.double()).abs().max() / theirs.double().abs().max())
+    return ours, theirs, rel
+
+
+def tiny_unet_folder(path, seed: int = 0):
+    """Write a tiny random ε-prediction ``UNet2DModel`` (8×8, 1 channel, block_out_channels (8, 16),
+    layers_per_block 1, norm_num_groups 4; init seed ``seed``) and its DDPM scheduler config to ``path``.
+
+    For tests, benchmarks and the tutorial: the real loading code on small data.  Returns ``path``.
+    """
+    import diffusers
+
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 layers_per_block=1, norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet.save_pretrained(path)
+    cfg = {k: v for k, v in DIFFUSERS_COMMON.items() if k != "timestep_spacing"}
+    diffusers.DDPMScheduler(**cfg).save_config(path)
+    return path
