@@ -40,7 +40,7 @@ __all__ = [
     "convex_weights", "euler_unrolled", "gaussian_tau", "gaussian_bound", "gaussian_optimal_schedule",
     "bound_from_fn", "bound_mc", "bound_pair_costs", "path_cost", "stationarity_residual",
     "euler_error_decomposition", "trajectory_interpolant",
-    "softmax_cumsum_sigmas",
+    "softmax_cumsum_sigmas", "softmax_cumsum_sigmas_torch", "logits_of_sigmas",
 ]
 
 
@@ -305,3 +305,20 @@ def stationarity_residual(sigmas, tau: Callable, dtau: Callable, n_quad: int = 6
         inner = (e * fp).sum(-1).mean(1)                                              # (Q,)
         rhs.append(float(np.sum(wq * h * uq * inner)))
     return np.array(lhs), np.array(rhs)
+
+
+def softmax_cumsum_sigmas_torch(z: torch.Tensor, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """The differentiable twin of :func:`softmax_cumsum_sigmas` (§3.4(b), LD3's parameterisation
+    §8.4): z (N,) float64 tensor → σ (N+1,) with fixed endpoints, strictly decreasing, with autograd."""
+    if not isinstance(z, torch.Tensor) or z.ndim != 1:
+        raise TypeError("z must be a 1-D torch tensor of logits")
+    p = torch.softmax(z.double(), 0)
+    c = torch.cat([p.new_zeros(1), torch.cumsum(p, 0)[:-1], p.new_ones(1)])
+    ls = math.log(sigma_max) - (math.log(sigma_max) - math.log(sigma_min)) * c
+    return torch.exp(ls)
+
+
+def logits_of_sigmas(sigmas) -> np.ndarray:
+    """Softmax-cumsum logits z (N,) that reproduce a schedule with σ_N > 0 (inverse of the above)."""
+    inc = np.diff(np.log(_positive(sigmas)))
+    return np.log(inc / inc.sum())

@@ -19,6 +19,13 @@ METHODS: dict[str, str] = {
     "uniform-t": "dpmsched.optimize.baselines:uniform_t",
     "quadratic-t": "dpmsched.optimize.baselines:quadratic_t",
     "cosine": "dpmsched.optimize.baselines:cosine",
+    "karras-tuned": "dpmsched.optimize.direct:karras_tuned",
+    "huang": "dpmsched.optimize.bound:huang",
+    "bound-prop": "dpmsched.optimize.bound:bound_prop",
+    "ots": "dpmsched.optimize.ots:ots",
+    "gits": "dpmsched.optimize.gits:gits",
+    "ays": "dpmsched.optimize.ays:ays",
+    "direct": "dpmsched.optimize.direct:direct",
 }
 
 
