@@ -19,8 +19,10 @@ With uniform λ this is ordinary DSM with σ drawn uniformly from {σ*_i} (teste
 
 **Alternative reading (``loss="distill"``, flagged in §3.5).**  Make the few-step solve itself match the
 model's own accurate ODE solution: L = E_z ‖Solver_σ*(σ_0 z; θ) − x_ref(z)‖²/d, backpropagating through the
-N-step solver; x_ref comes from a frozen copy of θ at the start of the round (:func:`teacher_pairs`),
-recomputed every round.
+N-step solver; x_ref (:func:`teacher_pairs`) comes from the *base* model, computed once
+(``distill_teacher="base"``, the default), or from a frozen copy of the current θ, recomputed every round
+(``"current"``).  Measured on toy2d-edm (notebook 04): with "current" round 2 undoes round 1 — the tuned model's
+own ODE is no longer an accurate target — while "base" keeps improving.
 
 **Alternating loop (:func:`alternate`).**  σ ← Phase1(θ) (teacher trajectories of the *current* θ),
 θ ← Phase2(θ, σ), R rounds.  The result is tied to its schedule and solver: :func:`save_finetuned` records
@@ -170,12 +172,15 @@ class Phase2Config:
     grad_clip: float = 1.0           # max global gradient norm (0: off)
     teacher_pairs: int = 512         # distill: teacher (z, x_ref) pairs per round
     teacher_steps: int = 32          # distill: RK4 steps of the teacher solve
+    distill_teacher: str = "base"    # distill, alternating loop: x_ref from the "base" θ (once) or the "current" θ each round
     checkpoint_every: int = 0        # write the resumable state every M iterations (0: only at the end)
     seed: int = 0
 
     def __post_init__(self):
         if self.weights not in WEIGHTS:
             raise ValueError(f"unknown step weights {self.weights!r}; expected one of {WEIGHTS}")
+        if self.distill_teacher not in ("current", "base"):
+            raise ValueError(f"distill_teacher must be 'current' or 'base', got {self.distill_teacher!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown Phase-2 loss {self.loss!r}; expected one of {LOSSES}")
         for name in ("iters", "batch", "teacher_pairs", "teacher_steps"):
@@ -396,7 +401,7 @@ def alternate(model: torch.nn.Module, steps: int, data: torch.Tensor | None = No
         raise ValueError(f"rounds and steps must be >= 1, got rounds={rounds}, steps={steps}")
     cfg = config or Phase2Config()
     rank, _ = _dist()
-    histories, sched = [], None
+    histories, sched, pairs = [], None, None
     for r in range(1, int(rounds) + 1):
         rdir = Path(out_dir) / f"round{r}" if out_dir is not None else None
         sfile = rdir / "schedule.json" if rdir is not None else None
@@ -409,8 +414,12 @@ def alternate(model: torch.nn.Module, steps: int, data: torch.Tensor | None = No
             if sfile is not None and rank == 0:
                 sched.to_json(sfile, indent=1)
             _barrier()
+        if cfg.loss == "distill" and cfg.distill_teacher == "base" and pairs is None:
+            pairs = teacher_pairs(model.eval(), cfg.teacher_pairs, model.event_shape, sched.sigma_max,
+                                  sched.sigma_min, seed=cfg.seed + 7919, steps=cfg.teacher_steps,
+                                  device=next(model.parameters()).device, dtype=next(model.parameters()).dtype)
         model, hist = phase2(model, sched, data, config=replace(cfg, seed=cfg.seed + r), solver=solver,
-                             device=device, state_dir=rdir, resume=resume, progress=progress)
+                             device=device, state_dir=rdir, resume=resume, pairs=pairs, progress=progress)
         hist["round"] = r
         histories.append(hist)
         if on_round is not None:

@@ -291,3 +291,37 @@ def test_finetuned_checkpoint_round_trips_with_its_schedule(tmp_path):
     save_model(TinyEDM(), tmp_path / "plain", kind="edm", dataset="toy")
     with pytest.raises(ValueError, match="not a finetuned checkpoint"):
         finetune.load_finetuned(tmp_path / "plain")
+
+
+def test_alternate_distill_teacher_base_vs_current(monkeypatch):
+    """distill_teacher="base": every round regresses onto the base model's solves (same pairs, computed once);
+    "current": phase2 gets no pairs and recomputes them from the current θ each round."""
+    seen = []
+    real = finetune.phase2
+
+    def spy(model, sched, data, **kw):
+        seen.append(kw["pairs"])
+        return real(model, sched, data, **kw)
+
+    monkeypatch.setattr(finetune, "phase2", spy)
+    base = TinyEDM()
+    cfg = Phase2Config(iters=2, batch=8, lr=1e-3, loss="distill", teacher_pairs=16, teacher_steps=4)
+    finetune.alternate(base, 2, rounds=2, phase1=lambda m, n, s: Schedule.karras(n), config=cfg, device="cpu")
+    assert seen[0] is seen[1]
+    z, x_ref = finetune.teacher_pairs(base, 16, (4,), 80.0, 0.002, seed=cfg.seed + 7919, steps=4,
+                                      dtype=torch.float64)
+    assert torch.equal(seen[0][0], z) and torch.equal(seen[0][1], x_ref)
+    seen.clear()
+    from dataclasses import replace
+    finetune.alternate(base, 2, rounds=2, phase1=lambda m, n, s: Schedule.karras(n),
+                       config=replace(cfg, distill_teacher="current"), device="cpu")
+    assert seen == [None, None]
+    with pytest.raises(ValueError, match="distill_teacher"):
+        Phase2Config(distill_teacher="old")
+
+
+def test_alternate_default_phase1_is_huang():
+    m, s, hist = finetune.alternate(TinyEDM(), 3, toy_data(), rounds=1, config=Phase2Config(iters=2, batch=8),
+                                    device="cpu")
+    assert s.name == "huang" and s.steps == 3 and s.sigmas[0] == 80.0 and math.isclose(s.sigmas[-1], 0.002)
+    assert m.finetuned_for["schedule"]["sigmas"] == list(s.sigmas)
