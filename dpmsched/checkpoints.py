@@ -20,12 +20,16 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "save_model", "load_model"
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
 
-    A reader never sees a half-written file: either the old content or the new one.
+    A reader never sees a half-written file: either the old content or the new one.  The file gets
+    the ordinary permissions of a new file (0o666 minus the umask), not mkstemp's private 0o600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

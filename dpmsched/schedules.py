@@ -164,6 +164,15 @@ class Schedule:
         """k-diffusion's sigma tensor: these σ's followed by a 0, float64."""
         return self.with_final_zero().to_torch(device=device)
 
+    def to_diffusers(self, scheduler, *, rtol: float = 1e-2):
+        """Set these σ's on a diffusers scheduler (in place; returned).  Euler and EDM-Euler take any
+        σ's; DPM-Solver(++), Heun, DDPM, LCM and TCD take integer timesteps (σ's rounded to the ᾱ table,
+        a warning past ``rtol``); others raise naming the alternatives.  See
+        :func:`dpmsched.denoisers.adapters.set_diffusers_schedule`."""
+        from .denoisers.adapters import set_diffusers_schedule
+
+        return set_diffusers_schedule(scheduler, self, rtol=rtol)
+
     # -- I/O ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"sigmas": [float(v) for v in self.sigmas], "name": self.name, "meta": self.meta}

@@ -13,15 +13,6 @@ from dpmsched.denoisers.vp import VPDenoiser
 from dpmsched.noise import DiscreteVP
 
 
-def _randomized(net, seed=0):
-    """The nets zero-init their output layer (so a fresh D is c_skip·x); tests need a non-trivial F."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return net
-
-
 def test_precond_coefficients_hand_values():
     sd = 0.5
     c_skip, c_out, c_in, c_noise = precond_coefficients(torch.tensor(sd, dtype=torch.float64), sd)
@@ -70,8 +61,8 @@ def test_fresh_net_is_c_skip_times_x():
     torch.testing.assert_close(den(x, 1.0), 0.25 / 1.25 * x)
 
 
-def test_skip_scales_all_ones_is_bit_identical():
-    net = _randomized(UNet(ch=8, mults=(1, 2), blocks=2))
+def test_skip_scales_all_ones_is_bit_identical(randomized):
+    net = randomized(UNet(ch=8, mults=(1, 2), blocks=2))
     x, c = torch.randn(3, 1, 8, 8), torch.tensor([-1.0, 0.0, 1.0])
     ref = net(x, c)
     assert torch.equal(net(x, c, skip_scales=[1.0] * net.n_skips), ref)
@@ -81,8 +72,8 @@ def test_skip_scales_all_ones_is_bit_identical():
     assert not torch.allclose(net(x, c), ref)
 
 
-def test_skip_scales_reach_every_concatenation():
-    net = _randomized(UNet(ch=8, mults=(1, 2), blocks=1))
+def test_skip_scales_reach_every_concatenation(randomized):
+    net = randomized(UNet(ch=8, mults=(1, 2), blocks=1))
     x, c = torch.randn(2, 1, 8, 8), torch.zeros(2)
     ref = net(x, c)
     for j in range(net.n_skips):
@@ -105,8 +96,8 @@ def test_skip_counts_and_levels():
         UNet(mults=(1, 2, 2, 2), size=4)
 
 
-def test_float64_input_and_double_net():
-    net = _randomized(UNet(ch=8))
+def test_float64_input_and_double_net(randomized):
+    net = randomized(UNet(ch=8))
     den = EDMDenoiser(net, 0.5, (1, 8, 8))
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     y32 = den(x, 0.3)
@@ -117,8 +108,8 @@ def test_float64_input_and_double_net():
     torch.testing.assert_close(y32, y64, rtol=1e-4, atol=1e-4)
 
 
-def test_differentiable_in_sigma_matches_finite_difference():
-    den = EDMDenoiser(_randomized(MLP(width=16, depth=2)), 0.5, (2,)).double()
+def test_differentiable_in_sigma_matches_finite_difference(randomized):
+    den = EDMDenoiser(randomized(MLP(width=16, depth=2)), 0.5, (2,)).double()
     x = torch.randn(3, 2, dtype=torch.float64)
     s = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
     (g,) = torch.autograd.grad(den(x, s).sum(), s)
@@ -127,9 +118,9 @@ def test_differentiable_in_sigma_matches_finite_difference():
     assert float(g) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
 
 
-def test_epsilon_unet_in_vp_wrapper_is_x_minus_sigma_eps():
+def test_epsilon_unet_in_vp_wrapper_is_x_minus_sigma_eps(randomized):
     """A discrete ε-UNet read through VPDenoiser: x0 = (x_t − σ_t ε̂)/α = x − σ ε̂(α x, n(σ))."""
-    net = _randomized(UNet(ch=8))
+    net = randomized(UNet(ch=8))
     vp = VPDenoiser(net, DiscreteVP.linear(1000), event_shape=(1, 8, 8))
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     sigma = torch.tensor([0.05, 3.0], dtype=torch.float64)

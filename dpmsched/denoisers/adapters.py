@@ -23,7 +23,7 @@ from ..noise import DiscreteVP, LinearVP
 from .vp import PREDICTIONS, VPDenoiser
 
 __all__ = ["from_vp_model", "load_diffusers", "is_diffusers_folder", "alphas_cumprod_from_config",
-           "schedule_of_scheduler", "sample_with_diffusers", "DIFFUSERS_COUNTERPARTS", "diffusers_scheduler",
+           "schedule_of_scheduler", "set_diffusers_schedule", "sample_with_diffusers", "DIFFUSERS_COUNTERPARTS", "diffusers_scheduler",
            "compare_with_diffusers", "tiny_unet_folder"]
 
 
@@ -158,6 +158,79 @@ def schedule_of_scheduler(scheduler, noise: DiscreteVP):
     return Schedule(sig, f"diffusers-{type(scheduler).__name__}", {"timesteps": [int(i) for i in idx]})
 
 
+#: diffusers schedulers that accept a schedule, by how: arbitrary σ's, or integer timesteps on the ᾱ table
+SIGMA_SCHEDULERS = ("EulerDiscreteScheduler", "EDMEulerScheduler")
+TIMESTEP_SCHEDULERS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "HeunDiscreteScheduler",
+                       "DDPMScheduler", "LCMScheduler", "TCDScheduler")
+
+
+def _final_sigma(scheduler, table: np.ndarray) -> float:
+    """The σ a timestep-driven scheduler ends at: 0, or the table's first σ for ``final_sigmas_type="sigma_min"``."""
+    return float(table[0]) if getattr(scheduler.config, "final_sigmas_type", "zero") == "sigma_min" else 0.0
+
+
+def set_diffusers_schedule(scheduler, schedule, *, rtol: float = 1e-2):
+    """Make a diffusers ``scheduler`` step through ``schedule``'s σ's; returns the scheduler (set in place).
+
+    * ``EulerDiscreteScheduler``: the σ's themselves (``set_timesteps(sigmas=…)``; the model gets the
+      fractional timestep diffusers interpolates in log σ).
+    * ``EDMEulerScheduler`` (``sigma_schedule="karras"``): the Karras ramp r_i that reproduces σ_i,
+      r = (σ^{1/ρ} − σ_max^{1/ρ}) / (σ_min^{1/ρ} − σ_max^{1/ρ}); the schedule must end where the scheduler
+      ends (0 for ``final_sigmas_type="zero"``).
+    * timestep-driven schedulers (:data:`TIMESTEP_SCHEDULERS`): σ_0..σ_{N−1} become the nearest integer
+      timesteps of the scheduler's ᾱ table (nearest in log σ); the last σ must be the scheduler's own final
+      σ (0, or the table's σ at t = 0 for ``final_sigmas_type="sigma_min"``).  Rounding that moves a σ
+      by more than ``rtol`` (relative) warns; two σ's landing on one timestep raise.
+
+    Any other scheduler raises ``ValueError`` naming these alternatives.  The realised schedule is
+    :func:`schedule_of_scheduler` (timestep-driven) or ``scheduler.sigmas`` (σ-driven).
+    """
+    import warnings
+
+    name = type(scheduler).__name__
+    sig = np.asarray(schedule.sigmas, dtype=np.float64)
+    if name == "EulerDiscreteScheduler":
+        scheduler.set_timesteps(sigmas=[float(v) for v in sig])
+        return scheduler
+    if name == "EDMEulerScheduler":
+        cfg = scheduler.config
+        if cfg.sigma_schedule != "karras":
+            raise ValueError(f"EDMEulerScheduler with sigma_schedule={cfg.sigma_schedule!r} cannot take custom "
+                             "sigmas; use sigma_schedule='karras'")
+        end = float(cfg.sigma_min) if cfg.final_sigmas_type == "sigma_min" else 0.0
+        if not np.isclose(sig[-1], end, rtol=1e-6, atol=0.0):
+            raise ValueError(f"EDMEulerScheduler (final_sigmas_type={cfg.final_sigmas_type!r}) ends at sigma = {end}; "
+                             f"the schedule ends at {sig[-1]:g} (use .with_final_zero())")
+        lo, hi, rho = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho), cfg.rho
+        ramp = (sig[:-1] ** (1 / rho) - hi) / (lo - hi)
+        scheduler.set_timesteps(sigmas=torch.as_tensor(ramp, dtype=torch.float64))
+        return scheduler
+    if name not in TIMESTEP_SCHEDULERS:
+        raise ValueError(f"{name} cannot take a custom schedule; use one that can: "
+                         f"{', '.join(SIGMA_SCHEDULERS)} (any sigmas) or {', '.join(TIMESTEP_SCHEDULERS)} "
+                         "(integer timesteps)")
+    table = np.sqrt((1.0 - alphas_cumprod_from_config(dict(scheduler.config)))
+                    / alphas_cumprod_from_config(dict(scheduler.config)))
+    end = _final_sigma(scheduler, table)
+    if not np.isclose(sig[-1], end, rtol=rtol, atol=0.0):
+        raise ValueError(f"{name} ends at its own final sigma {end:g} (final_sigmas_type); the schedule ends at "
+                         f"{sig[-1]:g}: use schedule.with_final_zero() or end the schedule at {end:g}")
+    log_table = np.log(table)
+    idx = np.abs(np.log(sig[:-1])[:, None] - log_table[None, :]).argmin(axis=1)
+    clash = np.nonzero(np.diff(idx) >= 0)[0]
+    if clash.size:
+        i = int(clash[0])
+        raise ValueError(f"sigmas {sig[i]:g} and {sig[i + 1]:g} (index {i}, {i + 1}) round to the same timestep "
+                         f"{idx[i]} of {name}'s table; the schedule is too fine for integer timesteps")
+    moved = np.abs(table[idx] / sig[:-1] - 1.0)
+    if moved.max() > rtol:
+        i = int(moved.argmax())
+        warnings.warn(f"{name} takes integer timesteps: sigma {sig[i]:g} (index {i}) became {table[idx[i]]:g} "
+                      f"(relative change {moved[i]:.3g} > rtol = {rtol})", stacklevel=2)
+    scheduler.set_timesteps(timesteps=[int(v) for v in idx])
+    return scheduler
+
+
 @torch.no_grad()
 def sample_with_diffusers(den: VPDenoiser, scheduler, x: torch.Tensor, generator=None) -> torch.Tensor:
     """Run a configured diffusers scheduler loop with ``den``'s network from the EDM state ``x`` at the
@@ -168,9 +241,12 @@ def sample_with_diffusers(den: VPDenoiser, scheduler, x: torch.Tensor, generator
     start from the same numbers.  Used by the diffusers cross-check and ``benchmarks/bench_solvers.py``.
     """
     ve = float(scheduler.init_noise_sigma) != 1.0
-    sched = schedule_of_scheduler(scheduler, den.noise)
-    s0, s_end = sched.sigmas[0], float(sched.sigmas[-1])
-    sample = x if ve else x / math.sqrt(1.0 + s0**2)
+    if ve:                                   # steps x̃ itself at the scheduler's own σ's (any, even fractional t)
+        sample = x
+    else:
+        sched = schedule_of_scheduler(scheduler, den.noise)
+        s0, s_end = sched.sigmas[0], float(sched.sigmas[-1])
+        sample = x / math.sqrt(1.0 + s0**2)
     import inspect
 
     kw = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}

@@ -1,0 +1,148 @@
+"""The shipped models: training cost, size and sample quality.  Writes benchmarks/models.json and models.md.
+
+For every checkpoint in ``data/`` (digits-edm, digits-ddpm, toy2d-edm, digits-classifier): parameter
+count, weights size, training steps and training wall time (as recorded in its config.json by
+``python -m dpmsched train`` on this machine, one torch thread), and sample quality with Heun at 18
+steps (35 NFE; Karras ρ = 7 over the model's σ range capped to [0.002, 80], final step to σ = 0),
+all measured in this run:
+
+* digits models: Fréchet-digits distance (``metrics.frechet_digits``) of 1,437 samples (the size of the
+  train split) to the test split, next to the floor FD(train, test) and next to the samples of the
+  empirical ideal denoiser of the train split (same solver, schedule and noise); ratio = FD / floor.
+* toy2d-edm: GMM NLL (nats per sample, ``metrics.gmm_nll``) of 10,000 samples under the true ring
+  mixture, next to that of 10,000 true samples and of the exact denoiser's Heun-18 samples; and SW₂ to
+  the true samples.
+* digits-classifier: test-split accuracy (target ≥ 0.97).
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_models.py`` (or ``make bench``).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from dpmsched import Schedule, denoisers, metrics, solvers
+from dpmsched.checkpoints import CONFIG, DATA_DIR, WEIGHTS, atomic_write_text, load_model, read_config
+
+OUT = Path(__file__).resolve().parent
+MODELS = ("digits-edm", "digits-ddpm", "toy2d-edm", "digits-classifier")
+STEPS, N_DIGITS, N_TOY, SEED = 18, 1437, 10000, 0
+
+
+def heun18(model) -> Schedule:
+    """Heun at 18 steps / 35 NFE: Karras ρ = 7 on the model's σ range within [0.002, 80], then σ = 0."""
+    lo, hi = max(0.002, float(model.sigma_min)), min(80.0, float(model.sigma_max))
+    return Schedule.karras(STEPS - 1, sigma_min=lo, sigma_max=hi).with_final_zero()
+
+
+def timed_samples(model, n):
+    sched = heun18(model)
+    t0 = time.perf_counter()
+    x = solvers.sample(model, "heun", sched, n, seed=SEED, batch=512, dtype=torch.float64)
+    return x, time.perf_counter() - t0, sched
+
+
+def model_row(name: str) -> dict:
+    folder = DATA_DIR / name
+    cfg = read_config(folder)
+    tr = cfg.get("training", {})
+    return {"model": name, "kind": cfg["kind"], "arch": cfg["arch"], "dataset": cfg.get("dataset"),
+            "params": tr.get("params"), "weights_bytes": (folder / WEIGHTS).stat().st_size,
+            "train_steps": tr.get("steps"), "train_wall_s": tr.get("wall_s"), "train_threads": tr.get("threads"),
+            "final_loss_avg100": tr.get("final_loss_avg100"), "trained_at_commit": cfg.get("git_commit")}
+
+
+def digits_quality(model, floor: float, emp_fd: float) -> dict:
+    x, secs, sched = timed_samples(model, N_DIGITS)
+    r = metrics.frechet_digits(x)
+    return {"solver": "heun", "nfe": sched.nfe("heun"), "sigma_range": [float(sched.sigmas[-2]), float(sched.sigmas[0])],
+            "n_samples": N_DIGITS, "sample_s": round(secs, 2), "fd": r["fd"], "fd_floor": floor,
+            "fd_over_floor": r["fd"] / floor, "fd_empirical": emp_fd, "fd_over_empirical": r["fd"] / emp_fd,
+            "class_hist": [round(float(v), 4) for v in r["class_hist"]],
+            "out_of_range_frac": float(((x < -1) | (x > 1)).double().mean())}
+
+
+def main():
+    cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_models.py"
+    torch.set_num_threads(1)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=OUT).stdout.strip()
+    present = [m for m in MODELS if (DATA_DIR / m / CONFIG).is_file()]
+    missing = [m for m in MODELS if m not in present]
+
+    floor = metrics.frechet_digits_floor()
+    emp = denoisers.load("digits-empirical")
+    x_emp, emp_s, _ = timed_samples(emp, N_DIGITS)
+    emp_fd = metrics.frechet_digits(x_emp)["fd"]
+    baselines = {"fd_floor_train_vs_test": floor, "fd_empirical_heun18": emp_fd, "empirical_sample_s": round(emp_s, 2)}
+
+    rows = []
+    for name in present:
+        row = model_row(name)
+        model = load_model(name)
+        if name.startswith("digits-") and row["kind"] != "classifier":
+            row.update(digits_quality(model, floor, emp_fd))
+        elif row["kind"] == "edm":                                      # a 2-D toy with a known mixture
+            mix = denoisers.load(row["dataset"])
+            x, secs, sched = timed_samples(model, N_TOY)
+            x_exact, _, _ = timed_samples(mix, N_TOY)
+            true = mix.sample(N_TOY, torch.Generator().manual_seed(SEED + 7))
+            row.update(solver="heun", nfe=sched.nfe("heun"), n_samples=N_TOY, sample_s=round(secs, 2),
+                       nll=metrics.gmm_nll(x, mix), nll_true=metrics.gmm_nll(true, mix),
+                       nll_exact_denoiser=metrics.gmm_nll(x_exact, mix),
+                       sw2_to_true=metrics.sliced_wasserstein(x, true),
+                       sw2_exact_denoiser_to_true=metrics.sliced_wasserstein(x_exact, true))
+            row["nll_minus_true"] = row["nll"] - row["nll_true"]
+        else:
+            from dpmsched.train import classifier_accuracy
+
+            row["test_accuracy"] = classifier_accuracy(model)
+        rows.append(row)
+
+    result = {"command": cmd, "machine": f"{platform.machine()} {platform.processor() or ''} {platform.system()}, "
+              f"torch {torch.__version__}, 1 thread", "python": sys.version.split()[0], "git_commit": commit,
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "baselines": baselines,
+              "models": rows, "missing": missing}
+    atomic_write_text(OUT / "models.json", json.dumps(result, indent=1))
+
+    md = ["# Shipped models", "", f"`{cmd}` — git {commit}, {result['date']}, {result['machine']}.", "",
+          "Training time is the wall time recorded in each `data/<name>/config.json` by "
+          "`python -m dpmsched train` (one torch thread on a shared 2-core machine; resumed runs add up).", "",
+          "| model | kind | params | weights KB | steps | train wall s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['model']} | {r['kind']} | {r['params']:,} | {r['weights_bytes'] / 1024:.0f} | "
+                  f"{r['train_steps']} | {r['train_wall_s']} |")
+    md += ["", f"## Digits: Fréchet-digits distance, Heun 18 steps (35 NFE), {N_DIGITS} samples vs the test split", "",
+           f"Floor FD(train split, test split) = **{floor:.2f}**; the empirical ideal denoiser's Heun-18 samples "
+           f"(copies of training images) give FD = {emp_fd:.2f} ({emp_fd / floor:.2f}× floor). Target: digits-edm "
+           "≤ 3× floor.", "",
+           "| model | FD | FD / floor | FD / empirical | out-of-[−1,1] pixels | sampling s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "fd" in r:
+            md.append(f"| {r['model']} | {r['fd']:.2f} | {r['fd_over_floor']:.2f} | {r['fd_over_empirical']:.2f} | "
+                      f"{100 * r['out_of_range_frac']:.2f} % | {r['sample_s']} |")
+    md += ["", f"## 2-D toy: GMM NLL (nats/sample) of {N_TOY} samples under the true mixture", "",
+           "| model | NLL samples | NLL true samples | NLL exact-denoiser Heun-18 | Δ vs true | SW₂ to true | SW₂ exact→true |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "nll" in r:
+            md.append(f"| {r['model']} | {r['nll']:.4f} | {r['nll_true']:.4f} | {r['nll_exact_denoiser']:.4f} | "
+                      f"{r['nll_minus_true']:+.4f} | {r['sw2_to_true']:.4f} | {r['sw2_exact_denoiser_to_true']:.4f} |")
+    for r in rows:
+        if "test_accuracy" in r:
+            md += ["", f"**{r['model']}**: test-split accuracy {r['test_accuracy']:.4f} (target ≥ 0.97)."]
+    if missing:
+        md += ["", f"Not yet shipped (skipped): {', '.join(missing)}."]
+    atomic_write_text(OUT / "models.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
