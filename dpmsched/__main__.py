@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "report": ("dpmsched.sweep", "cli_report", "collect sweep results under runs/ into a markdown table and figures"),
     "sweep": ("dpmsched.sweep", "cli_sweep", "run a notebook over a parameter grid (YAML) in a process pool"),
     "optimize": ("dpmsched.optimize", "cli_optimize", "optimize a schedule for a model and solver; writes JSON"),
+    "finetune": ("dpmsched.finetune", "cli_finetune", "Huang Phase-2: finetune a model on its optimized steps, alternating with Phase-1"),
     "sample": ("dpmsched.solvers", "cli_sample", "draw samples with a solver and a schedule; writes .safetensors/.npz/.npy"),
     "train": ("dpmsched.train", "cli_train", "train a shipped model from a YAML config (resumes; writes data/<name>/)"),
     "elbo-table": ("dpmsched.optimize.elbo", "cli_elbo_table",
