@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "optimize": ("dpmsched.optimize", "cli_optimize", "optimize a schedule for a model and solver; writes JSON"),
     "sample": ("dpmsched.solvers", "cli_sample", "draw samples with a solver and a schedule; writes .safetensors/.npz/.npy"),
     "train": ("dpmsched.train", "cli_train", "train a shipped model from a YAML config (resumes; writes data/<name>/)"),
+    "results": ("dpmsched.results", "cli_results", "regenerate the README results section and figure from benchmarks/schedules.json"),
     "strip": ("dpmsched.batch", "cli_strip", "store notebooks without outputs (--refresh: re-run checked cells)"),
 }
 
