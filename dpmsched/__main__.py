@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("dpmsched.train", "cli_train", "train a shipped model from a YAML config (resumes; writes data/<name>/)"),
     "elbo-table": ("dpmsched.optimize.elbo", "cli_elbo_table",
                    "Watson et al.: bits/dim of even, quadratic and ELBO-DP paths per K; writes JSON"),
+    "results": ("dpmsched.results", "cli_results", "regenerate the README results section and figure from benchmarks/schedules.json"),
     "strip": ("dpmsched.batch", "cli_strip", "store notebooks without outputs (--refresh: re-run checked cells)"),
 }
 
