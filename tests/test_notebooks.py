@@ -23,6 +23,8 @@ SMALL = {
                              "loss_worse_and_samples_better"),
     "03_error_bound.ipynb": ({"steps": 4, "nfes": "4", "n_teacher": 32, "grid_points": 40, "n_heldout": 64,
                               "direct_iters": 5, "direct_polish": 10, "seed": 1}, "held_out_err"),
+    "07_benchmark.ipynb": ({"methods": "karras,huang,bound-prop,gits", "n_eval": 64, "steps": 4, "own_steps": 3,
+                            "seed": 1}, "rows"),
 }
 
 
