@@ -9,7 +9,8 @@ DP/even and DP/quadratic are taken within this run.  The DP time is also measure
 table (the ELBO's own closed form fed with the estimated M(t), interpolated to every step), to show the
 O(K·T²) cost at the paper's scale.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_elbo.py [--candidates 0 --n-train 0 --n-test 0]``.
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_elbo.py [--model digits-catmix --candidates 0]`` (the
+defaults made benchmarks/elbo.md; their cost tables ship in benchmarks/elbo-cache, so only the sampling runs).
 """
 from __future__ import annotations
 
@@ -70,9 +71,9 @@ def sample_quality_rows(model, table: dict, n: int, kmax: int):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="digits-catmix", help="digits-catmix (exact ε-model) or digits-ddpm")
+    p.add_argument("--model", default="digits-ddpm", help="digits-ddpm (trained network) or digits-catmix (exact ε-model)")
     p.add_argument("--ks", default="2,4,8,16,32,64")
-    p.add_argument("--candidates", type=int, default=0, help="candidate steps, quadratically spaced (0 = all T)")
+    p.add_argument("--candidates", type=int, default=100, help="candidate steps, quadratically spaced (0 = all T)")
     p.add_argument("--n-train", type=int, default=0, help="0 = all 1437")
     p.add_argument("--n-test", type=int, default=0, help="0 = all 360")
     p.add_argument("--n-samples", type=int, default=512, help="samples per schedule for the sample quality")
