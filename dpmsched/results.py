@@ -79,7 +79,11 @@ def load_rows(source) -> tuple[list[dict], dict]:
     d = json.loads(p.read_text())
     info = {k: v for k, v in d.items() if not isinstance(v, (list, dict))}
     info.setdefault("commit", info.get("git_commit", "?"))
-    rows = _bench_rows(d) if isinstance(d.get("results"), dict) and "rows" not in d else d.get("rows", [])
+    if isinstance(d.get("results"), dict) and "rows" not in d:
+        rows = _bench_rows(d)
+        info["models"] = {m: {k: v for k, v in res.items() if k != "rows"} for m, res in d["results"].items()}
+    else:
+        rows = d.get("rows", [])
     return _check_rows(rows, p), info
 
 
@@ -132,7 +136,11 @@ def headline_markdown(rows: list[dict], info: dict, nfes=HEADLINE_NFES, solver: 
         out += [f"**{model}, {s}: truncation error** (RMSE to the accurate solve of the same held-out noise)", "",
                 pivot_markdown(rows, "error", model, s, nfes), ""]
         if any(r.get("fd") is not None for r in rows if r["model"] == model):
-            out += [f"**{model}, {s}: Fréchet-digits** (lower is better)", "",
+            m_info = info.get("models", {}).get(model, {})
+            floor = (f"; the accurate solve of the same {m_info['heldout']['n']} latents scores "
+                     f"{m_info['metric_reference']:.3g}, the floor at this sample size"
+                     if "metric_reference" in m_info and "n" in m_info.get("heldout", {}) else "")
+            out += [f"**{model}, {s}: Fréchet-digits** (lower is better{floor})", "",
                     pivot_markdown(rows, "fd", model, s, nfes), ""]
     out.append("![error vs NFE](benchmarks/headline.png)")
     return "\n".join(out)
