@@ -80,3 +80,14 @@ def test_cli_writes_section_figure_and_checks(tmp_path):
     assert "python benchmarks/bench_schedules.py" in text and "| gits | 0.2 (0.50×)" in text
     assert "Fréchet-digits" in text and fig.stat().st_size > 1000
     assert R.cli_results(argv + ["--check"]) == 0
+
+
+def test_readme_results_section_is_generated_from_the_stored_benchmark():
+    """The README's numbers are the stored benchmark's: rerun `python -m dpmsched results` after `make bench`."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bench = root / "benchmarks" / "schedules.json"
+    if not bench.exists():
+        pytest.skip("no stored benchmark yet")
+    assert R.cli_results(["--bench", str(bench), "--readme", str(root / "README.md"), "--check"]) == 0
