@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # two pytest workers on a 2-core machine, one torch thread each
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-py test-nb lab strip bench clean
+.PHONY: setup demo test test-py test-nb lab strip bench clean sweep test-ui
 
 setup: $(STAMP)
 
@@ -44,6 +44,20 @@ strip: $(STAMP)
 ## make bench: every benchmarks/bench_*.py (each writes benchmarks/<name>.json + .md, ratios vs a baseline of the same run)
 bench: $(STAMP)
 	@set -e; for f in $(sort $(wildcard benchmarks/bench_*.py)); do echo "== $$f"; $(PY) $$f; done
+
+## make sweep [GRID=sweeps/example.yaml] [WORKERS=2]: papermill runs over a grid into runs/<nb>/, then the report
+## (the report also when some runs failed: it lists them; the exit status is the sweep's)
+GRID    ?= sweeps/example.yaml
+WORKERS ?= 2
+sweep: $(STAMP)
+	@rc=0; OMP_NUM_THREADS=1 $(PY) -m dpmsched sweep $(GRID) --workers $(WORKERS) --out runs || rc=$$?; \
+	  if [ $$rc -le 1 ]; then $(PY) -m dpmsched report runs; fi; exit $$rc
+
+## make test-ui: opt-in real-browser test (JupyterLab on 127.0.0.1 + Debian chromium via Playwright; not in make test)
+## needs: apt-get install -y chromium; screenshots in runs/ui/
+test-ui: $(STAMP)
+	@$(PY) -c "import playwright" 2>/dev/null || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pip install --quiet -e ".[ui]"
+	DPMSCHED_UI=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests/ui -q
 
 clean:
 	rm -rf runs .pytest_cache

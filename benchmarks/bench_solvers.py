@@ -14,6 +14,7 @@ Run: ``.venv/bin/python benchmarks/bench_solvers.py`` (or ``make bench``).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -96,6 +97,7 @@ def main():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=OUT).stdout.strip()
     rows, agree = [], []
+    load_before = os.getloadavg()[0]
     try:
         from dpmsched.denoisers.adapters import tiny_unet_folder
 
@@ -109,13 +111,17 @@ def main():
     result = {"command": cmd, "machine": f"{platform.machine()} {platform.processor() or ''} {platform.system()}, "
               f"torch {torch.__version__}, 1 thread", "python": sys.version.split()[0], "git_commit": commit,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "steps": STEPS, "batch": BATCH,
+              "load_average_1min": [load_before, os.getloadavg()[0]],
               "overhead": rows, "diffusers_agreement": agree}
     atomic_write_text(OUT / "solvers.json", json.dumps(result, indent=1))
     md = [f"# Solver benchmarks", "", f"`{cmd}` — git {commit}, {result['date']}, {result['machine']}.", "",
           f"## Overhead: wall time / (NFE × raw denoiser call), {STEPS} steps, batch {BATCH} of 1×8×8 (target ≤ 1.05)",
-          "", "`overhead` = wall / (NFE × call), both the minimum of 7 interleaved runs; on a shared 2-core machine it",
-          "carries a few per cent of timing noise either way.  `bookkeeping ms` is the same solver with a free",
-          "denoiser (returns x): the solver's own arithmetic, and `1 + bookkeeping/(NFE × call)` the overhead it implies.",
+          "", "`overhead` = wall / (NFE × call), both the minimum of 7 interleaved runs.  On a shared machine it is",
+          "only as good as the machine was quiet (1-minute load average {:.1f} at the start, {:.1f} at the end, on {} cores):".format(
+              load_before, result["load_average_1min"][1], os.cpu_count()),
+          "a value below 1 is impossible and shows the timing noise.  `bookkeeping ms` is the same solver with a free",
+          "denoiser (returns x): the solver's own arithmetic, and `1 + bookkeeping/(NFE × call)` the overhead it implies —",
+          "the robust figure.",
           "", "| denoiser | solver | options | NFE | wall ms | call ms | overhead | bookkeeping ms | 1 + bookkeeping/(NFE·call) |",
           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

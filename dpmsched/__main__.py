@@ -11,9 +11,15 @@ import sys
 #: command → (module, function taking argv and returning an exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("dpmsched.batch", "cli_demo", "run every notebook with papermill into runs/ and print a summary"),
+    "report": ("dpmsched.sweep", "cli_report", "collect sweep results under runs/ into a markdown table and figures"),
+    "sweep": ("dpmsched.sweep", "cli_sweep", "run a notebook over a parameter grid (YAML) in a process pool"),
     "optimize": ("dpmsched.optimize", "cli_optimize", "optimize a schedule for a model and solver; writes JSON"),
+    "finetune": ("dpmsched.finetune", "cli_finetune", "Huang Phase-2: finetune a model on its optimized steps, alternating with Phase-1"),
     "sample": ("dpmsched.solvers", "cli_sample", "draw samples with a solver and a schedule; writes .safetensors/.npz/.npy"),
     "train": ("dpmsched.train", "cli_train", "train a shipped model from a YAML config (resumes; writes data/<name>/)"),
+    "elbo-table": ("dpmsched.optimize.elbo", "cli_elbo_table",
+                   "Watson et al.: bits/dim of even, quadratic and ELBO-DP paths per K; writes JSON"),
+    "results": ("dpmsched.results", "cli_results", "regenerate the README results section and figure from benchmarks/schedules.json"),
     "strip": ("dpmsched.batch", "cli_strip", "store notebooks without outputs (--refresh: re-run checked cells)"),
 }
 

@@ -22,7 +22,12 @@ from pathlib import Path
 
 from .checkpoints import atomic_write_text
 
-__all__ = ["check_parameters", "save_results", "run_notebook", "run_all", "strip_notebook", "cli_demo", "cli_strip"]
+__all__ = ["check_parameters", "save_results", "run_notebook", "run_all", "summary_table", "last_line", "md_cell",
+           "strip_notebook", "cli_demo", "cli_strip", "DEFAULT_CELL_TIMEOUT"]
+
+#: seconds one cell may run in the demo and in sweeps before its run fails; a kernel that stops answering
+#: (seen once in a sweep on the shared machine) then costs this long instead of stalling everything
+DEFAULT_CELL_TIMEOUT = 600.0
 
 _IPY_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
@@ -79,12 +84,16 @@ def save_results(results: dict, path: str) -> dict:
 
 
 def run_notebook(path, out_path, parameters: dict | None = None, results_json=None, cwd=None,
-                 progress_bar: bool = False) -> dict:
+                 progress_bar: bool = False, cell_timeout: float | None = None) -> dict:
     """Execute one notebook with papermill; returns ``{"notebook", "seconds", "results", "error"}``.
 
     ``results_json`` (a path) is passed to the notebook as its ``results_json`` parameter and read
     back afterwards.  The notebook runs with its own folder as working directory unless ``cwd``.
+    ``cell_timeout`` (seconds, None: no limit) stops a cell that runs longer, or a kernel that stops
+    answering, with an error instead of waiting forever.
     """
+    if cell_timeout is not None and not (isinstance(cell_timeout, (int, float)) and cell_timeout > 0):
+        raise ValueError(f"cell_timeout must be a positive number of seconds or None, got {cell_timeout!r}")
     import papermill as pm
 
     path, out_path = Path(path), Path(out_path)
@@ -96,7 +105,8 @@ def run_notebook(path, out_path, parameters: dict | None = None, results_json=No
     error = None
     try:
         pm.execute_notebook(str(path), str(out_path), parameters=params, cwd=str(cwd or path.parent),
-                            progress_bar=progress_bar, kernel_name="python3")
+                            progress_bar=progress_bar, kernel_name="python3",
+                            execution_timeout=None if cell_timeout is None else math.ceil(cell_timeout))
     except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
         error = f"{type(e).__name__}: {e}"
     seconds = time.perf_counter() - t0
@@ -106,7 +116,8 @@ def run_notebook(path, out_path, parameters: dict | None = None, results_json=No
     return {"notebook": path.name, "seconds": seconds, "results": results, "error": error}
 
 
-def run_all(notebooks, out_dir="runs", parameters: dict | None = None) -> list[dict]:
+def run_all(notebooks, out_dir="runs", parameters: dict | None = None,
+            cell_timeout: float | None = DEFAULT_CELL_TIMEOUT) -> list[dict]:
     """Run each notebook into ``out_dir/<name>.ipynb`` (results in ``<name>.results.json``)."""
     out_dir = Path(out_dir).resolve()
     rows = []
@@ -114,19 +125,33 @@ def run_all(notebooks, out_dir="runs", parameters: dict | None = None) -> list[d
         nb = Path(nb)
         print(f"running {nb} ...", flush=True)
         params = {"figures_dir": str(out_dir / "figures")} | dict(parameters or {})
-        row = run_notebook(nb, out_dir / nb.name, params, results_json=out_dir / f"{nb.stem}.results.json")
+        row = run_notebook(nb, out_dir / nb.name, params, results_json=out_dir / f"{nb.stem}.results.json",
+                           cell_timeout=cell_timeout)
         print(f"  {'FAILED' if row['error'] else 'ok'} in {row['seconds']:.1f} s", flush=True)
         rows.append(row)
     return rows
 
 
+def last_line(error: str) -> str:
+    """The last non-empty line of a traceback (the exception itself), at most 300 characters."""
+    return ([ln for ln in (error or "").strip().splitlines() if ln.strip()][-1:] or ["?"])[0][:300]
+
+
+def md_cell(v) -> str:
+    """``v`` as a markdown table cell: floats to 4 significant digits, ``|`` escaped, None empty."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
+
+
 def summary_table(rows: list[dict]) -> str:
-    """A markdown table: notebook, status, seconds, and each notebook's ``headline`` result."""
+    """A markdown table: notebook, status, seconds, and each notebook's ``headline`` result
+    (for a failed notebook: the exception, the traceback's last line)."""
     lines = ["| notebook | status | seconds | headline |", "|---|---|---|---|"]
     for r in rows:
         status = "FAILED" if r["error"] else "ok"
-        head = r["results"].get("headline", "") if r["results"] else (r["error"] or "")[:120]
-        lines.append(f"| {r['notebook']} | {status} | {r['seconds']:.1f} | {head} |")
+        head = last_line(r["error"]) if r["error"] else (r["results"] or {}).get("headline", "")
+        lines.append(f"| {r['notebook']} | {status} | {r['seconds']:.1f} | {md_cell(head)} |")
     total = sum(r["seconds"] for r in rows)
     lines.append(f"| **total** | {sum(not r['error'] for r in rows)}/{len(rows)} ok | {total:.1f} | |")
     return "\n".join(lines)

@@ -96,6 +96,34 @@ def euler(denoiser, x, sigmas, *, callback=None, denoise_to_zero=False):
     return _final(denoiser, x, s, denoise_to_zero, callback)
 
 
+def _coef_sigmas(s: torch.Tensor):
+    """The σ's for a solver's scalar coefficient arithmetic: ``s`` itself when it requires grad (keeps
+    the graph), else the same float64 values as Python floats — a 0-d tensor op costs microseconds,
+    which SA-Solver's per-step Lagrange weights would otherwise add to every step."""
+    return s if s.requires_grad else s.tolist()
+
+
+def _val(v) -> float:
+    """A float from a float or a 0-d tensor (detached: no autograd warning)."""
+    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _exp(v):
+    return torch.exp(v) if isinstance(v, torch.Tensor) else math.exp(v)
+
+
+def _expm1(v):
+    return torch.expm1(v) if isinstance(v, torch.Tensor) else math.expm1(v)
+
+
+def _log(v):
+    return torch.log(v) if isinstance(v, torch.Tensor) else math.log(v)
+
+
+def _sqrt(v):
+    return torch.sqrt(v) if isinstance(v, torch.Tensor) else math.sqrt(v)
+
+
 def _noise(x: torch.Tensor, generator) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
@@ -330,23 +358,26 @@ TAU_WINDOW: tuple[float, float] = _tau_window_default()
 
 
 def _exp_moments(a, h, kmax: int):
-    """I_k = ∫_{−h}^{0} e^{a u} u^k du, k = 0..kmax, as tensors (a > 0, h > 0).
+    """I_k = ∫_{−h}^{0} e^{a u} u^k du, k = 0..kmax, as floats or 0-d tensors like ``h`` (a > 0, h > 0).
 
     I_k = (−1)^k k!/a^{k+1} P(k+1, ah), P the regularised lower incomplete gamma function, summed as
-    its series below ah = 1 (the closed form 1 − e^{−x}Σ x^m/m! cancels there).
+    its series below ah = 1 (the closed form 1 − e^{−x}Σ x^m/m! cancels there); the series stops when
+    a term is below 1e-18 of the sum (the terms fall by a factor < 1/2 each, so the tail is smaller).
     """
     x = a * h
     out = []
     for k in range(kmax + 1):
-        if float(x.detach()) < 1.0:
-            term = torch.exp(-x) * x ** (k + 1) / math.factorial(k + 1)
+        if _val(x) < 1.0:
+            term = _exp(-x) * x ** (k + 1) / math.factorial(k + 1)
             total = term
-            for j in range(1, 30):
+            for j in range(1, 40):
                 term = term * x / (k + 1 + j)
                 total = total + term
+                if _val(term) <= 1e-18 * _val(total):
+                    break
             p = total
         else:
-            p = 1.0 - torch.exp(-x) * sum(x**m / math.factorial(m) for m in range(k + 1))
+            p = 1.0 - _exp(-x) * sum(x**m / math.factorial(m) for m in range(k + 1))
         out.append((-1) ** k * math.factorial(k) / a ** (k + 1) * p)
     return out
 
@@ -354,18 +385,18 @@ def _exp_moments(a, h, kmax: int):
 def sa_coefficients(nodes, h, tau):
     """SA-Solver's weights c_j = (1+τ²) ∫_{−h}^{0} e^{(1+τ²)u} ℓ_j(u) du  (§6.2, in EDM coordinates).
 
-    ``nodes``: the λ offsets u_j = λ_j − λ_t ≤ 0 of the interpolation nodes (a list of 0-d tensors),
-    ``h`` = λ_t − λ_s > 0, ``tau`` ≥ 0.  ℓ_j is the Lagrange basis polynomial of node j.  With these,
+    ``nodes``: the λ offsets u_j = λ_j − λ_t ≤ 0 of the interpolation nodes (a list of floats or 0-d
+    tensors; tensors keep the graph), ``h`` = λ_t − λ_s > 0, ``tau`` ≥ 0.  ℓ_j is the Lagrange basis polynomial of node j.  With these,
     x_t = e^{−τ²h}(σ_t/σ_s) x_s + Σ_j c_j m_j + σ_t √(1 − e^{−2τ²h}) ξ  (the b_j of §6.2 times (1+τ²)σ_t e^{−τ²λ_t}).
     """
     a = 1.0 + tau**2
-    moments = _exp_moments(torch.as_tensor(a, dtype=h.dtype), h, len(nodes) - 1)
+    moments = _exp_moments(a, h, len(nodes) - 1)
     out = []
     for j, uj in enumerate(nodes):
-        poly = [torch.ones((), dtype=h.dtype)]                     # monomial coefficients of ℓ_j
+        poly = [1.0]                                               # monomial coefficients of ℓ_j
         for k, uk in enumerate(nodes):
             if k != j:
-                new = [torch.zeros((), dtype=h.dtype)] * (len(poly) + 1)
+                new = [0.0] * (len(poly) + 1)
                 for m, c in enumerate(poly):
                     new[m + 1] = new[m + 1] + c / (uj - uk)
                     new[m] = new[m] - c * uk / (uj - uk)
@@ -376,7 +407,7 @@ def sa_coefficients(nodes, h, tau):
 
 def _sa_rescale(c, h, a, h_prev, corrector: bool):
     """SA-Solver's O(h³) change of the order-2 weights for few steps (paper App. D; diffusers)."""
-    e = torch.expm1(-a * h) + a * h                                 # a h − 1 + e^{−a h}
+    e = _expm1(-a * h) + a * h                                 # a h − 1 + e^{−a h}
     delta = a * (h / 2 - e / (a**2 * h)) if corrector else a * (h**2 / 2 - e / a**2) / h_prev
     return [c[0] + delta, c[1] - delta]
 
@@ -415,25 +446,25 @@ def sa_solver(denoiser, x, sigmas, *, predictor_order=3, corrector_order=4, tau=
             return tau if tau_window is None or tau_window[0] <= sig <= tau_window[1] else 0.0
 
     s = as_sigmas(sigmas)
+    sc = _coef_sigmas(s)                                            # floats unless differentiating
     n = len(s) - 1
-    lam = -torch.log(s[:n])
     denoised = denoiser(x, s[0])
     _emit(callback, 0, s[0], x, denoised)
-    ms, lams = [denoised], [lam[0]]
+    ms, lams = [denoised], [-_log(sc[0])]
     for i in range(n):
         if s[i + 1] == 0:
             x = check_finite(ms[-1], i)
             break
         last = i == n - 1
-        t_ = 0.0 if last and mode == "few_steps" else float(tau_of(float(s[i].detach())))
+        t_ = 0.0 if last and mode == "few_steps" else float(tau_of(_val(sc[i])))
         if t_ < 0 or not math.isfinite(t_):
-            raise ValueError(f"tau must be finite and >= 0, got {t_} at sigma {float(s[i].detach())}")
-        h = torch.log(s[i] / s[i + 1])
-        lam_t = torch.log(1.0 / s[i + 1])
-        decay = 1.0 if t_ == 0 else torch.exp(-(t_**2) * h)
-        x_lin = decay * (s[i + 1] / s[i]) * x
+            raise ValueError(f"tau must be finite and >= 0, got {t_} at sigma {_val(sc[i])}")
+        h = _log(sc[i] / sc[i + 1])
+        lam_t = -_log(sc[i + 1])
+        decay = 1.0 if t_ == 0 else _exp(-(t_**2) * h)
+        x_lin = (decay * (sc[i + 1] / sc[i])) * x
         xi = _noise(x, generator) if t_ > 0 else None
-        noise = s[i + 1] * torch.sqrt(-torch.expm1(-2.0 * t_**2 * h)) * xi if t_ > 0 else 0.0
+        noise = (sc[i + 1] * _sqrt(-_expm1(-2.0 * t_**2 * h))) * xi if t_ > 0 else 0.0
         p = min(predictor_order, i + 1, n - i) if lower_order_final else min(predictor_order, i + 1)
         nodes = [lams[-1 - k] - lam_t for k in range(p)]
         c = sa_coefficients(nodes, h, t_)
@@ -446,7 +477,7 @@ def sa_solver(denoiser, x, sigmas, *, predictor_order=3, corrector_order=4, tau=
         m_new = denoiser(x_pred, s[i + 1])
         q = min(corrector_order, i + 2, n - i + 1) if lower_order_final else min(corrector_order, i + 2)
         if q > 0:
-            nodes = [torch.zeros((), dtype=h.dtype)] + [lams[-1 - k] - lam_t for k in range(q - 1)]
+            nodes = [0.0 * h] + [lams[-1 - k] - lam_t for k in range(q - 1)]
             c = sa_coefficients(nodes, h, t_)
             if q == 2 and rescale:
                 c = _sa_rescale(c, h, 1.0 + t_**2, None, corrector=True)
@@ -549,6 +580,29 @@ def _key(name: str) -> str:
     return key
 
 
+#: integer options whose value changes a solver's NFE or order, and their ranges (as the solvers check)
+_INT_OPTIONS = {"order": (1, 3), "max_order": (1, 4), "predictor_order": (1, 4), "corrector_order": (0, 4)}
+
+
+def _check_opts(key: str, opts: dict) -> None:
+    """``opts`` must be keyword options of solver ``key``, and the ones :func:`nfe` and :func:`solver_order`
+    read must have valid values — a typo would otherwise give a silently wrong count or order."""
+    import inspect
+
+    params = inspect.signature(SOLVERS[key]).parameters
+    allowed = {k for k, v in params.items() if v.kind is v.KEYWORD_ONLY} - {"callback", "denoise_to_zero"}
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for solver {key!r}; expected some of {sorted(allowed)}")
+    for name, (lo, hi) in _INT_OPTIONS.items():
+        if name in opts:
+            _check_range(name, opts[name], lo, hi, integer=True)
+    if "corrector" in opts:
+        _check_bool("corrector", opts["corrector"])
+    if opts.get("mode", "few_steps") not in ("few_steps", "more_steps"):
+        raise ValueError(f"mode must be 'few_steps' or 'more_steps', got {opts['mode']!r}")
+
+
 def get(name: str) -> Callable:
     """The solver function registered under ``name`` (case-insensitive; "-" = "_", "dpm++" = "dpmpp")."""
     return SOLVERS[_key(name)]
@@ -558,11 +612,14 @@ def nfe(name: str, steps: int, *, final_zero: bool = False, denoise_to_zero: boo
     """Network evaluations of solver ``name`` over ``steps`` steps (§0.3).
 
     ``final_zero``: the schedule ends in σ = 0 (matters for Heun: 2N − 1, and SA-Solver "more_steps");
-    ``opts``: the solver's options (``mode`` for sa_solver); others do not change the count.
+    ``opts``: the solver's options (``mode`` for sa_solver); others do not change the count.  An option
+    the solver does not have, or a bad value of one that counts, raises ValueError.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return _NFE[_key(name)](int(steps), final_zero, **opts) + (1 if denoise_to_zero else 0)
+    key = _key(name)
+    _check_opts(key, opts)
+    return _NFE[key](int(steps), final_zero, **opts) + (1 if denoise_to_zero else 0)
 
 
 def solver_order(name: str, **opts) -> int:
@@ -573,7 +630,9 @@ def solver_order(name: str, **opts) -> int:
     (p without corrector), RK4 4.  The "order-matched" schedule optimizers read this.  Measured
     against closed-form Gaussian solutions in tests/test_solvers_multistep.py.
     """
-    return int(_ORDER[_key(name)](**opts))
+    key = _key(name)
+    _check_opts(key, opts)
+    return int(_ORDER[key](**opts))
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -652,7 +711,7 @@ def sample(model, solver: str, schedule, n: int, seed: int = 0, batch: int = 256
 
 
 def cli_sample(argv: list[str]) -> int:
-    """``python -m dpmsched sample --model NAME --solver S --schedule FILE.json|karras --steps N --n 64
+    """``python -m dpmsched sample --model NAME --solver S --schedule FILE.json|--baseline karras --steps N --n 64
     --seed 0 --out samples.safetensors|.npz|.npy [--opt key=value]``"""
     import argparse
     import time
@@ -663,7 +722,8 @@ def cli_sample(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m dpmsched sample", description=cli_sample.__doc__)
     p.add_argument("--model", required=True, help="model name (e.g. digits-empirical) or checkpoint/diffusers folder")
     p.add_argument("--solver", default="euler", help=f"one of {sorted(SOLVERS)} (default: euler)")
-    p.add_argument("--schedule", default="karras", help="schedule JSON file or baseline name (default: karras)")
+    p.add_argument("--schedule", "--baseline", default="karras",
+                   help="schedule JSON file or baseline name, e.g. karras (default: karras)")
     p.add_argument("--steps", type=int, default=None, help="number of steps N (needed for a baseline)")
     p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")

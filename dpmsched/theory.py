@@ -169,15 +169,14 @@ def bound_from_fn(sigmas, tau: Callable, n_quad: int = 32) -> float:
     u = 1.0 / _positive(sigmas)
     lam = np.log(u)
     xq, wq = _gauss_legendre(n_quad)
-    total = 0.0
-    for i in range(u.size - 1):
-        h = lam[i + 1] - lam[i]
-        lq = lam[i] + h * xq
-        uq = np.exp(lq)
-        diff = np.asarray(tau(uq)) - np.asarray(tau(np.array([u[i]])))       # (Q, B, d)
-        norms = np.sqrt((diff.reshape(diff.shape[0], diff.shape[1], -1) ** 2).sum(-1)).mean(1)
-        total += float(np.sum(wq * h * uq * norms))
-    return total
+    n, Q = u.size - 1, xq.size
+    h = np.diff(lam)                                                         # (N,)
+    uq = np.exp(lam[:-1, None] + h[:, None] * xq[None, :])                   # (N, Q)
+    vals = np.asarray(tau(np.concatenate([uq.ravel(), u[:-1]])))            # all intervals in one call
+    vals = vals.reshape(vals.shape[0], vals.shape[1], -1)
+    diff = vals[:n * Q].reshape(n, Q, *vals.shape[1:]) - vals[n * Q:][:, None]   # (N, Q, B, d)
+    norms = np.sqrt((diff**2).sum(-1)).mean(-1)                               # (N, Q)
+    return float(np.sum(wq[None, :] * h[:, None] * uq * norms))
 
 
 def trajectory_interpolant(grid_sigmas, f) -> Callable:

@@ -14,9 +14,17 @@ NOTEBOOKS = sorted(NB_DIR.glob("[0-9]*.ipynb"))
 SMALL = {
     "01_theorem.ipynb": ({"steps": 3, "rho": 3.0, "mixture": "grid", "n_samples": 64, "gauss_steps": 5,
                           "data_std": 1.0, "seed": 1}, "bound_optimal"),
+    "06_sa_solver.ipynb": ({"nfe_list": "4,8", "tau_list": "0.0,1.0", "n_samples": 64, "noise_seeds": 1,
+                            "predictor_order": 2, "corrector_order": 2, "seed": 1}, "sw_train"),
+    "02_watson_dp.ipynb": ({"model": "digits-ddpm", "ks": "2,4", "candidates": 8, "n_train": 128, "n_test": 128,
+                            "sample_k": 4, "n_samples": 64, "cache_dir": "", "seed": 1}, "bits_per_dim"),
     "05_skip_tuning.ipynb": ({"nfe_low": 2, "nfe_high": 3, "rho_points": 2, "n_samples": 32, "n_loss": 32,
                               "loss_sigmas": 2, "opt_trajectories": 8, "per": "level", "seed": 1},
                              "loss_worse_and_samples_better"),
+    "03_error_bound.ipynb": ({"steps": 4, "nfes": "4", "n_teacher": 32, "grid_points": 40, "n_heldout": 64,
+                              "direct_iters": 5, "direct_polish": 10, "seed": 1}, "held_out_err"),
+    "07_benchmark.ipynb": ({"methods": "karras,huang,bound-prop,gits", "n_eval": 64, "steps": 4, "own_steps": 3,
+                            "seed": 1}, "rows"),
 }
 
 

@@ -55,6 +55,23 @@ def test_solver_order_values():
     assert solvers.solver_order("DPM++-2M") == 2
 
 
+def test_nfe_and_order_reject_unknown_options():
+    # a typo or a bad value must not give a silently wrong count or order
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['eta'\] for solver 'euler'"):
+        solvers.nfe("euler", 10, eta=1.0)
+    with pytest.raises(ValueError, match="mode"):
+        solvers.nfe("sa_solver", 10, mode="many")
+    with pytest.raises(ValueError, match="order"):
+        solvers.solver_order("unipc", order=7)
+    with pytest.raises(ValueError, match="corrector"):
+        solvers.solver_order("unipc", corrector="no")
+    with pytest.raises(ValueError, match="unknown option"):
+        Schedule.karras(5).nfe("dpmpp_2m", order=3)
+    # every option a solver takes is accepted, the generator included
+    assert solvers.nfe("sa_solver", 5, tau=0.5, generator=torch.Generator(), mode="more_steps") == 6
+    assert solvers.nfe("heun", 5, s_churn=1.0, final_zero=True) == 9
+
+
 # -- identities ------------------------------------------------------------------------------------
 def _same(a_name, a_opts, b_name, b_opts, steps=(3, 5, 10), tol=1e-10):
     den, z = data.mixture_2d("ring"), 80.0 * _z(32, dim=2)
@@ -238,6 +255,16 @@ def test_sample_cli_matches_direct_call(tmp_path):
     assert main(["sample", "--model", "toy2d-ring", "--solver", "sa_solver", "--schedule", str(sched),
                  "--opt", "tau=0.5", "--n", "8", "--out", str(out2)]) == 0
     assert load_file(out2)["samples"].shape == (8, 2)
+    # --baseline is an alias of --schedule: a non-default baseline over the model's sigma range
+    out3 = tmp_path / "u.npy"
+    assert main(["sample", "--model", "toy2d-ring", "--baseline", "uniform-logsnr", "--steps", "5", "--n", "6",
+                 "--out", str(out3)]) == 0
+    from dpmsched.denoisers import load
+
+    m = load("toy2d-ring")
+    s = Schedule.uniform_logsnr(5, sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max))
+    z = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    np.testing.assert_allclose(np.load(out3), solvers.euler(m, float(s.sigmas[0]) * z, s).numpy(), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="contradicts"):
         main(["sample", "--model", "toy2d-ring", "--schedule", str(sched), "--steps", "7", "--out", str(out)])
     with pytest.raises(ValueError, match="unknown solver"):

@@ -45,6 +45,14 @@ Option ``inner="vector"`` drops the inner triangle inequality and uses the exact
 C[a, c] = E_b √(mean_j ⟨a_{j,b}(g_c), x̂_b(a→c) − x_b(g_c)⟩²) with x̂ the Euler jump — a tighter
 first-order estimate of the error, no longer a bound of the (3.1) form.
 
+**Order-matched variant (``order=2``, for multistep solvers such as DPM-Solver++ 2M).**  A k-th order
+exponential integrator replaces τ on [λ_i, λ_{i+1}] by a polynomial in λ = log u instead of the constant
+τ(u_i).  Its local error is σ_{i+1} ∫ [τ(u) − P_i(log u)] du, with P_i the Taylor polynomial
+τ(u_i) + (λ − λ_i) τ′_λ(u_i) for k = 2 (the 2M step uses a backward difference for τ′_λ; we use the
+teacher's own slope, so this is the local error of the ideal second-order step).  The pair cost keeps
+the same form with the residual ‖τ(u_k) − P_a(λ_k)‖ in place of ‖τ(u_k) − τ(u_a)‖
+(:func:`local_pair_norms`); τ′_λ is a finite difference on the fine teacher grid.
+
 Caveats (honest): the first-order expansion linearises around the teacher, not the Euler
 trajectory; √(mean_j ⟨·⟩²) is a consistent but not unbiased estimate of ‖J w‖ for small m.
 """
@@ -60,7 +68,7 @@ from .. import theory
 from ..schedules import Schedule
 from .teacher import adjoints, dp_schedule, model_range, teacher
 
-__all__ = ["huang", "bound_prop", "prop_pair_costs", "euler_jump_errors", "jump_costs", "secant_amplification"]
+__all__ = ["huang", "bound_prop", "local_pair_norms", "prop_pair_costs", "euler_jump_errors", "jump_costs", "secant_amplification"]
 
 
 def huang(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points: int = 128, seed: int = 0,
@@ -161,16 +169,47 @@ def secant_amplification(T) -> torch.Tensor:
     return spread[-1] / spread
 
 
+def local_pair_norms(T, order: int = 1) -> torch.Tensor:
+    """N[a, c] = Σ_{k=a+1}^{c} E_b ‖f_b(g_k) − P_{a,b}(λ_k)‖ (u_k − u_{k−1}), a < c (+inf otherwise):
+    the right-Riemann pair cost of the (order-``order``) local error without the σ_c factor.
+
+    order 1: P = f(g_a), exactly :func:`dpmsched.theory.bound_pair_costs` (eq. 3.1, §3.4(a));
+    order 2: P = f(g_a) + (λ − λ_a) ∂f/∂λ(g_a), the slope a finite difference on the teacher grid
+    (module doc, "order-matched variant").  (G, G) float64; O(G² B d) time.
+    """
+    if order == 1:
+        return theory.bound_pair_costs(T.grid, T.f)
+    if order != 2:
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+    lam = torch.as_tensor(-np.log(T.grid))
+    F = T.flat("f")                                                           # (G, B, D)
+    dF = torch.as_tensor(np.gradient(F.numpy(), lam.numpy(), axis=0))        # ∂f/∂λ on the grid
+    du = torch.diff(torch.exp(lam))                                           # u_k − u_{k−1} > 0
+    C = torch.full((T.G, T.G), math.inf, dtype=torch.float64)
+    for a in range(T.G - 1):
+        res = F[a + 1:] - F[a][None] - (lam[a + 1:] - lam[a])[:, None, None] * dF[a][None]
+        C[a, a + 1:] = torch.cumsum(res.norm(dim=-1).mean(1) * du[a:], 0)
+    return C
+
+
 def bound_prop(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points: int = 128,
-               seed: int = 0, amplification: str = "secant", inner: str = "norm", m: int = 2) -> Schedule:
+               seed: int = 0, amplification: str = "secant", inner: str = "norm", m: int = 2,
+               order: int | None = None) -> Schedule:
     """The propagation-aware bound L_prop (module doc), minimised exactly by the grid DP.
 
     ``amplification``: "secant" (default; J_c ≈ A(σ_c)·I with :func:`secant_amplification`) or
     "adjoint" (the sketched Jacobian of :func:`.teacher.adjoints`, m directions; first order, which
     misses basin switching on the ideal digits denoiser).  ``inner``: "norm" (the bound) or "vector"
-    (the exact teacher local error).  ``meta["objective"]``: the DP optimum (data units at σ_N).
+    (the exact teacher local error).  ``order``: 1 (Euler's local error) or 2 (the order-matched
+    variant for second-order and higher solvers); default min(2, order of ``solver``); order 2 needs
+    secant amplification and inner="norm".  ``meta["objective"]``: the DP optimum (data units at σ_N).
     """
+    from .ots import solver_order
+
     t0 = time.perf_counter()
+    order = min(2, solver_order(solver)) if order is None else int(order)
+    if order == 2 and (amplification != "secant" or inner != "norm"):
+        raise ValueError("order=2 is implemented for amplification='secant', inner='norm' only")
     T = teacher(model, n=n, grid_points=grid_points, seed=seed)
     extra = {}
     if amplification == "adjoint":
@@ -182,7 +221,7 @@ def bound_prop(model, steps: int, solver: str = "euler", *, n: int = 128, grid_p
         A = secant_amplification(T)
         sig = torch.as_tensor(T.grid.copy())
         if inner == "norm":
-            base = theory.bound_pair_costs(T.grid, T.f)
+            base = local_pair_norms(T, order)
         elif inner == "vector":
             base = jump_costs(T)
         else:
@@ -192,8 +231,8 @@ def bound_prop(model, steps: int, solver: str = "euler", *, n: int = 128, grid_p
         raise ValueError(f"amplification must be 'secant' or 'adjoint', got {amplification!r}")
     s = dp_schedule(C, T.grid, steps, "bound-prop")
     s.meta.update({"n": n, "grid_points": grid_points, "seed": seed, "amplification": amplification,
-                   "inner": inner, "teacher_seconds": T.seconds, **extra,
-                   "solver_transfer": solver not in ("euler", "ddim"), "seconds": time.perf_counter() - t0})
+                   "inner": inner, "order": order, "teacher_seconds": T.seconds, **extra,
+                   "solver_transfer": solver_order(solver) != order, "seconds": time.perf_counter() - t0})
     return s
 
 

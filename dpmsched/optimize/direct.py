@@ -18,9 +18,9 @@ import torch
 
 from .. import theory
 from ..schedules import Schedule
-from .teacher import teacher
+from .teacher import model_range, teacher
 
-__all__ = ["direct", "fit_logits", "karras_tuned"]
+__all__ = ["direct", "fit_logits", "karras_tuned", "hand_tuned"]
 
 
 def fit_logits(model, z0: np.ndarray, z_train: torch.Tensor, x_train: torch.Tensor, lo: float, hi: float,
@@ -66,17 +66,23 @@ def direct(model, steps: int, solver: str = "euler", *, n: int = 128, grid_point
     """Fit the schedule to the teacher endpoints of ``n`` training latents (seed ``seed``): ``iters``
     Adam steps through the solver, then (``polish`` > 0) Nelder–Mead with at most ``polish``
     evaluations from the Adam result and from the init; the best training RMSE wins.
-    ``init``: "karras" (ρ = 7) or "logsnr" (uniform λ, LD3's init).  ``meta["objective"]``: the
+    ``init``: "karras" (ρ = 7), "logsnr" (uniform λ, LD3's init) or a Schedule (N steps, the
+    model's σ range; e.g. the best hand-made one, so the limit is at least as good as it).  ``meta["objective"]``: the
     training RMSE of the returned schedule."""
     t0 = time.perf_counter()
     T = teacher(model, n=n, grid_points=grid_points, seed=seed)
     lo, hi = float(T.grid[-1]), float(T.grid[0])
-    if init == "karras":
+    if isinstance(init, (Schedule, np.ndarray, list, tuple)):
+        s0 = init if isinstance(init, Schedule) else Schedule(init)
+        if s0.steps != int(steps) or not np.allclose([s0.sigmas[0], s0.sigmas[-1]], [hi, lo]):
+            raise ValueError(f"init schedule must have {steps} steps from {hi:g} to {lo:g}")
+        z0, init = theory.logits_of_sigmas(s0), f"schedule:{s0.name}"
+    elif init == "karras":
         z0 = theory.logits_of_sigmas(Schedule.karras(steps, lo, hi))
     elif init == "logsnr":
         z0 = np.zeros(int(steps))
     else:
-        raise ValueError(f"init must be 'karras' or 'logsnr', got {init!r}")
+        raise ValueError(f"init must be 'karras', 'logsnr' or a Schedule, got {init!r}")
     sig, loss, hist = fit_logits(model, z0, T.z, T.x[-1], lo, hi, solver, iters, lr, n, seed, progress,
                                  **solver_opts)
     adam_rmse, nm_evals = float(np.sqrt(loss)), 0
@@ -114,19 +120,41 @@ def _polish(model, starts, T, lo, hi, solver, max_evals, **solver_opts):
     return best, best_f, evals
 
 
-def karras_tuned(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points: int = 128, seed: int = 0,
-                 rhos=(1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 14.0, 20.0, 40.0),
-                 **solver_opts) -> Schedule:
-    """The best hand-made schedule: Karras-ρ with ρ picked on the *training* latents (the teacher's)
-    by the measured endpoint RMSE of ``solver``.  ``meta``: ``rho``, ``objective`` (training RMSE), the scan."""
+RHOS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 14.0, 20.0, 40.0)
+
+
+def _tuned(model, steps, solver, candidates: dict, name: str, n: int, grid_points: int, seed: int,
+           **solver_opts) -> Schedule:
+    """The candidate schedule with the lowest measured endpoint RMSE of ``solver`` on the *training*
+    latents (the teacher's); ``meta``: ``choice``, ``objective`` (training RMSE), the whole ``scan``."""
     from .teacher import endpoint_error
 
     t0 = time.perf_counter()
     T = teacher(model, n=n, grid_points=grid_points, seed=seed)
-    lo, hi = float(T.grid[-1]), float(T.grid[0])
-    scan = {float(r): endpoint_error(model, Schedule.karras(steps, lo, hi, rho=float(r)), T.z, T.x[-1], solver,
-                                     **solver_opts) for r in rhos}
-    rho = min(scan, key=scan.get)
-    return Schedule(Schedule.karras(steps, lo, hi, rho=rho).sigmas, "karras-tuned",
-                    {"rho": rho, "objective": scan[rho], "scan": {str(k): v for k, v in scan.items()},
-                     "n": n, "seed": seed, "seconds": time.perf_counter() - t0})
+    scan = {k: endpoint_error(model, s, T.z, T.x[-1], solver, **solver_opts) for k, s in candidates.items()}
+    best = min(scan, key=scan.get)
+    return Schedule(candidates[best].sigmas, name, {"choice": best, "objective": scan[best], "scan": scan,
+                                                    "n": n, "seed": seed, "seconds": time.perf_counter() - t0})
+
+
+def karras_tuned(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points: int = 128, seed: int = 0,
+                 rhos=RHOS, **solver_opts) -> Schedule:
+    """Karras-ρ with ρ picked on the *training* latents (the teacher's) by the measured endpoint RMSE
+    of ``solver``.  ``meta``: ``rho``, ``objective`` (training RMSE), the scan."""
+    lo, hi = model_range(model)
+    cand = {f"karras-{float(r):g}": Schedule.karras(steps, lo, hi, rho=float(r)) for r in rhos}
+    s = _tuned(model, steps, solver, cand, "karras-tuned", n, grid_points, seed, **solver_opts)
+    s.meta["rho"] = float(s.meta["choice"].split("-", 1)[1])
+    return s
+
+
+def hand_tuned(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points: int = 128, seed: int = 0,
+               rhos=RHOS, **solver_opts) -> Schedule:
+    """The best hand-made schedule (E_hand of the gap closure): every Karras-ρ of ``rhos`` and the
+    hand-made families uniform-logSNR, uniform-t, quadratic-t, cosine (ALGORITHMS.md §1), the one with
+    the lowest training RMSE of ``solver`` (as :func:`karras_tuned`)."""
+    lo, hi = model_range(model)
+    cand = {f"karras-{float(r):g}": Schedule.karras(steps, lo, hi, rho=float(r)) for r in rhos}
+    for fam in ("uniform_logsnr", "uniform_t", "quadratic_t", "cosine"):
+        cand[fam.replace("_", "-")] = getattr(Schedule, fam)(steps, lo, hi)
+    return _tuned(model, steps, solver, cand, "hand-tuned", n, grid_points, seed, **solver_opts)
