@@ -14,6 +14,8 @@ NOTEBOOKS = sorted(NB_DIR.glob("[0-9]*.ipynb"))
 SMALL = {
     "01_theorem.ipynb": ({"steps": 3, "rho": 3.0, "mixture": "grid", "n_samples": 64, "gauss_steps": 5,
                           "data_std": 1.0, "seed": 1}, "bound_optimal"),
+    "04_finetuning.ipynb": ({"steps": 3, "rounds": 1, "iters": 5, "batch": 16, "phase1_n": 8, "phase1_grid": 16,
+                             "eval_samples": 100, "other_nfe": 4, "compare_dsm": False, "seed": 1}, "distill_rounds"),
 }
 
 
