@@ -21,8 +21,8 @@ With uniform λ this is ordinary DSM with σ drawn uniformly from {σ*_i} (teste
 model's own accurate ODE solution: L = E_z ‖Solver_σ*(σ_0 z; θ) − x_ref(z)‖²/d, backpropagating through the
 N-step solver; x_ref (:func:`teacher_pairs`) comes from the *base* model, computed once
 (``distill_teacher="base"``, the default), or from a frozen copy of the current θ, recomputed every round
-(``"current"``).  Measured on toy2d-edm (notebook 04): with "current" round 2 undoes round 1 — the tuned model's
-own ODE is no longer an accurate target — while "base" keeps improving.
+(``"current"``).  The notebook and the benchmark use "base"; comparing the two is exercise 6 of notebook 04
+(a tuned model's own ODE need not stay an accurate target).
 
 **Alternating loop (:func:`alternate`).**  σ ← Phase1(θ) (teacher trajectories of the *current* θ),
 θ ← Phase2(θ, σ), R rounds.  The result is tied to its schedule and solver: :func:`save_finetuned` records
