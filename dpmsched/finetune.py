@@ -546,8 +546,7 @@ def evaluate(model, schedule, solver: str = "euler", *, pairs=None, dataset: str
       :func:`teacher_pairs` to measure distance to what the pretrained model would produce);
     * ``dataset`` "toy2d-*" (an exact mixture of ``dpmsched.denoisers.EXACT_MODELS``): ``"nll"`` (exact mean
       −log p of ``n`` samples, nats) and ``"sw"`` (sliced Wasserstein to ``n`` true samples);
-    * ``dataset`` "digits": ``"frechet"`` = ``dpmsched.metrics.frechet_digits`` of ``n`` samples (if that metric
-      exists in this version).
+    * ``dataset`` "digits": ``"frechet"`` = the ``"fd"`` of ``dpmsched.metrics.frechet_digits`` of ``n`` samples.
     Samples come from :func:`sample` with ``seed``.
     """
     from . import metrics
@@ -567,8 +566,7 @@ def evaluate(model, schedule, solver: str = "euler", *, pairs=None, dataset: str
         out["nll"] = metrics.gmm_nll(x, mix)
         out["sw"] = metrics.sliced_wasserstein(x, mix.sample(n, torch.Generator().manual_seed(int(seed) + 1)))
     elif dataset == "digits":
-        if hasattr(metrics, "frechet_digits"):
-            out["frechet"] = float(metrics.frechet_digits(sample(model, schedule, solver, n=n, seed=seed)))
+        out["frechet"] = float(metrics.frechet_digits(sample(model, schedule, solver, n=n, seed=seed))["fd"])
     else:
         raise ValueError(f"evaluate: unknown dataset {dataset!r}; expected 'toy2d-*' or 'digits'")
     return out
