@@ -92,7 +92,7 @@ def main(argv=None):
     preset = dict(finetune.PRESETS["cpu-small"]["phase2"], iters=3 if a.quick else a.iters)
     model = load(a.model)
     x0 = finetune.training_data("digits", model.event_shape)
-    t_start = time.perf_counter()
+    t_start, commit = time.perf_counter(), git_commit()      # the code that runs: HEAD at the start
 
     base5 = {s: frechet(model, optimize.optimize(model, "karras", 5, solver=s), s, n, 0) for s in MULTISTEP}
     best_ms = min(base5, key=base5.get)
@@ -127,7 +127,7 @@ def main(argv=None):
                "seconds": time.perf_counter() - t_start, "quick": a.quick, "gpu_preset": "not yet measured (no GPU)",
                "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_finetune.py "
                           + " ".join(argv if argv is not None else sys.argv[1:]),
-               "machine": machine(), "git_commit": git_commit(),
+               "machine": machine(), "git_commit": commit,
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         atomic_write_text(a.out + ".json", json.dumps(res, indent=1))
         atomic_write_text(a.out + ".md", table(res))
@@ -143,7 +143,7 @@ def table(res):
              f"{res['samples']} samples per Fréchet-digits entry (vs the 360-image test split; for the metric's floor "
              f"see models.md); Phase-1 = Huang {res['phase1']}; Phase-2 {res['phase2']['iters']} "
              f"iterations × batch {res['phase2']['batch']} per round, lr {res['phase2']['lr']}; total "
-             f"{res['seconds']:.0f} s." + ("" if res.get("complete", True) else
+             f"{res['seconds']:.0f} s (a 2-core machine shared with other jobs: wall times vary with its load)." + ("" if res.get("complete", True) else
              f" **Incomplete run: {len(res['rows'])} configuration(s) finished.**"), "",
              "Round 0 = Phase-1 only (the pretrained model on its Huang schedule); round r = after r alternations "
              "σ ← Phase1(θ), θ ← Phase2(θ, σ). `distill` = the few-step solve matches the base model's 32-step RK4 "
