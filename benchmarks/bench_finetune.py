@@ -92,7 +92,7 @@ def main(argv=None):
     preset = dict(finetune.PRESETS["cpu-small"]["phase2"], iters=3 if a.quick else a.iters)
     model = load(a.model)
     x0 = finetune.training_data("digits", model.event_shape)
-    t_start = time.perf_counter()
+    t_start, commit = time.perf_counter(), git_commit()      # the code that runs: HEAD at the start
 
     base5 = {s: frechet(model, optimize.optimize(model, "karras", 5, solver=s), s, n, 0) for s in MULTISTEP}
     best_ms = min(base5, key=base5.get)
@@ -127,7 +127,7 @@ def main(argv=None):
                "seconds": time.perf_counter() - t_start, "quick": a.quick, "gpu_preset": "not yet measured (no GPU)",
                "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_finetune.py "
                           + " ".join(argv if argv is not None else sys.argv[1:]),
-               "machine": machine(), "git_commit": git_commit(),
+               "machine": machine(), "git_commit": commit,
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         atomic_write_text(a.out + ".json", json.dumps(res, indent=1))
         atomic_write_text(a.out + ".md", table(res))
@@ -140,18 +140,19 @@ def table(res):
     lines = [f"# Phase-2 finetuning on {res['model']} (Fréchet-digits, lower is better; ratio vs EDM-ρ7 in brackets)",
              "", f"`{res['command']}` — {res['date']}, commit {(res['git_commit'] or '?')[:7]}, "
              f"{res['machine']['platform']}, torch {res['machine']['torch']}, {res['machine']['torch_threads']} thread(s); "
-             f"{res['samples']} samples per Fréchet-digits entry (vs the 360-image test split; the floor is about 12 "
-             f"at 1437 samples, see models.md); Phase-1 = Huang {res['phase1']}; Phase-2 {res['phase2']['iters']} "
+             f"{res['samples']} samples per Fréchet-digits entry (vs the 360-image test split; for the metric's floor "
+             f"see models.md); Phase-1 = Huang {res['phase1']}; Phase-2 {res['phase2']['iters']} "
              f"iterations × batch {res['phase2']['batch']} per round, lr {res['phase2']['lr']}; total "
-             f"{res['seconds']:.0f} s." + ("" if res.get("complete", True) else
+             f"{res['seconds']:.0f} s (a 2-core machine shared with other jobs: wall times vary with its load)." + ("" if res.get("complete", True) else
              f" **Incomplete run: {len(res['rows'])} configuration(s) finished.**"), "",
              "Round 0 = Phase-1 only (the pretrained model on its Huang schedule); round r = after r alternations "
              "σ ← Phase1(θ), θ ← Phase2(θ, σ). `distill` = the few-step solve matches the base model's 32-step RK4 "
              "solution; `dsm` = the literal reading (DSM at the schedule's σ with convex λ), run on the Euler NFE-5 "
-             "row only. Training-free optimizers compared: " + ", ".join(res["training_free_methods"]) + ".", "",
+             "row only. The last two columns: relative change of Fréchet-digits after round 2 (negative = better). "
+             "Training-free optimizers compared: " + ", ".join(res["training_free_methods"]) + ".", "",
              "| solver | NFE | EDM-ρ7 | best training-free | Phase-1 only | " + " | ".join(
-                 f"{l} round 1 | {l} round 2" for l in losses) + " | distill gain vs Phase-1 (round 2) |",
-             "|---|---|---|---|---|" + "---|" * (2 * len(losses)) + "---|"]
+                 f"{l} round 1 | {l} round 2" for l in losses) + " | distill round 2 vs Phase-1 only | vs best training-free |",
+             "|---|---|---|---|---|" + "---|" * (2 * len(losses)) + "---|---|"]
     for r in res["rows"]:
         k = r["karras"]
 
@@ -165,7 +166,9 @@ def table(res):
             rounds = [rr for rr in r[l]["rounds"] if rr["round"] > 0] if l in r else []
             cells += [f(rr["frechet"]) for rr in rounds] + ["—"] * (2 - len(rounds))
         last = r["distill"]["rounds"][-1]["frechet"]
-        cells.append(f"{100 * (1 - last / r['phase1_only']):+.0f} %")
+        cells.append(f"{100 * (last / r['phase1_only'] - 1):+.0f} %")
+        bt = r["best_training_free_value"]
+        cells.append(f"{100 * (last / bt - 1):+.0f} %" if bt else "—")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Wall time per configuration (s, Phase-1 + Phase-2 of both rounds, without the evaluations): "
               + "; ".join(f"{r['solver']}/{r['nfe']}: " + ", ".join(

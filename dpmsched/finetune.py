@@ -21,8 +21,8 @@ With uniform λ this is ordinary DSM with σ drawn uniformly from {σ*_i} (teste
 model's own accurate ODE solution: L = E_z ‖Solver_σ*(σ_0 z; θ) − x_ref(z)‖²/d, backpropagating through the
 N-step solver; x_ref (:func:`teacher_pairs`) comes from the *base* model, computed once
 (``distill_teacher="base"``, the default), or from a frozen copy of the current θ, recomputed every round
-(``"current"``).  Measured on toy2d-edm (notebook 04): with "current" round 2 undoes round 1 — the tuned model's
-own ODE is no longer an accurate target — while "base" keeps improving.
+(``"current"``).  The notebook and the benchmark use "base"; comparing the two is exercise 6 of notebook 04
+(a tuned model's own ODE need not stay an accurate target).
 
 **Alternating loop (:func:`alternate`).**  σ ← Phase1(θ) (teacher trajectories of the *current* θ),
 θ ← Phase2(θ, σ), R rounds.  The result is tied to its schedule and solver: :func:`save_finetuned` records
@@ -546,8 +546,7 @@ def evaluate(model, schedule, solver: str = "euler", *, pairs=None, dataset: str
       :func:`teacher_pairs` to measure distance to what the pretrained model would produce);
     * ``dataset`` "toy2d-*" (an exact mixture of ``dpmsched.denoisers.EXACT_MODELS``): ``"nll"`` (exact mean
       −log p of ``n`` samples, nats) and ``"sw"`` (sliced Wasserstein to ``n`` true samples);
-    * ``dataset`` "digits": ``"frechet"`` = ``dpmsched.metrics.frechet_digits`` of ``n`` samples (if that metric
-      exists in this version).
+    * ``dataset`` "digits": ``"frechet"`` = the ``"fd"`` of ``dpmsched.metrics.frechet_digits`` of ``n`` samples.
     Samples come from :func:`sample` with ``seed``.
     """
     from . import metrics
@@ -567,8 +566,7 @@ def evaluate(model, schedule, solver: str = "euler", *, pairs=None, dataset: str
         out["nll"] = metrics.gmm_nll(x, mix)
         out["sw"] = metrics.sliced_wasserstein(x, mix.sample(n, torch.Generator().manual_seed(int(seed) + 1)))
     elif dataset == "digits":
-        if hasattr(metrics, "frechet_digits"):
-            out["frechet"] = float(metrics.frechet_digits(sample(model, schedule, solver, n=n, seed=seed)))
+        out["frechet"] = float(metrics.frechet_digits(sample(model, schedule, solver, n=n, seed=seed))["fd"])
     else:
         raise ValueError(f"evaluate: unknown dataset {dataset!r}; expected 'toy2d-*' or 'digits'")
     return out

@@ -356,7 +356,7 @@ def test_gpu_preset_plumbing_on_cpu(tmp_path, monkeypatch):
     assert cfg["finetune"]["solver"] == "euler" and len(cfg["finetune"]["schedule"]["sigmas"]) == 3
     summary = json.loads((out / "summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [0, 1] and summary["phase1"] == {"n": 4, "grid_points": 8}
-    assert all(math.isfinite(r["rmse"]) for r in summary["rounds"])
+    assert all(math.isfinite(r["rmse"]) and math.isfinite(r["frechet"]) for r in summary["rounds"])
     m, s, solver = finetune.load_finetuned(out / "model")
     x = finetune.sample(m, s, solver, n=3)
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
