@@ -51,7 +51,7 @@ CONFIG = {
                   "solvers": {"euler": [3, 4, 5, 6, 8, 10], "dpmpp_2m": [3, 4, 5, 6, 8, 10]}},
     "digits-edm": {"n": 64, "grid_points": 64, "heldout": 128, "ref_steps": 32,
                    "direct": {"n": 32, "iters": 20, "polish": 40},
-                   "solvers": {"euler": [4, 5, 6, 10], "dpmpp_2m": [5]}},
+                   "solvers": {"euler": [3, 4, 5, 6, 8, 10], "dpmpp_2m": [3, 4, 5, 6, 8, 10]}},
 }
 
 
