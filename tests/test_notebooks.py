@@ -16,7 +16,7 @@ SMALL = {
                           "data_std": 1.0, "seed": 1}, "bound_optimal"),
     "06_sa_solver.ipynb": ({"nfe_list": "4,8", "tau_list": "0.0,1.0", "n_samples": 64, "noise_seeds": 1,
                             "predictor_order": 2, "corrector_order": 2, "seed": 1}, "sw_train"),
-    "02_watson_dp.ipynb": ({"model": "digits-ddpm", "ks": "2,4", "candidates": 8, "n_train": 128, "n_test": 128,
+    "02_dp_baseline.ipynb": ({"model": "digits-ddpm", "ks": "2,4", "candidates": 8, "n_train": 128, "n_test": 128,
                             "sample_k": 4, "n_samples": 64, "cache_dir": "", "seed": 1}, "bits_per_dim"),
     "05_skip_tuning.ipynb": ({"nfe_low": 2, "nfe_high": 3, "rho_points": 2, "n_samples": 32, "n_loss": 32,
                               "loss_sigmas": 2, "opt_trajectories": 8, "per": "level", "seed": 1},
