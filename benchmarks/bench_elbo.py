@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from dpmsched import metrics
-from dpmsched.checkpoints import atomic_write_text
+from dpmsched.checkpoints import atomic_write_text, git_commit
 from dpmsched.optimize import elbo
 from dpmsched.optimize.dp import shortest_paths
 
@@ -85,8 +84,7 @@ def main(argv=None):
     cmd = ("OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_elbo.py "
            f"--model {a.model} --ks {a.ks} --candidates {a.candidates} --n-train {a.n_train} --n-test {a.n_test} "
            f"--n-samples {a.n_samples} --quality-kmax {a.quality_kmax}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=OUT).stdout.strip()
+    commit = git_commit(short=True)
     model = elbo.load_ddpm(a.model)
     ks = [int(k) for k in a.ks.split(",")]
     rows = {}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from dpmsched.checkpoints import atomic_write_text
+from dpmsched.checkpoints import atomic_write_text, git_commit
 from dpmsched.data import DIGITS_LEVELS, digits
 from dpmsched.optimize import elbo
 
@@ -42,11 +41,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     full = terms.full_path()
     bits = {v: terms.bits_per_dim(full, v) for v in ("small", "large")}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=OUT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = git_commit(short=True)
     out = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_elbo_full.py" + (" " + " ".join(argv) if argv else ""),
            "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, 1 thread",
            "git_commit": commit, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -17,7 +17,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -29,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from dpmsched import finetune, metrics, optimize  # noqa: E402
-from dpmsched.checkpoints import atomic_write_text  # noqa: E402
+from dpmsched.checkpoints import atomic_write_text, git_commit  # noqa: E402
 from dpmsched.denoisers import load  # noqa: E402
 
 MULTISTEP = ["dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"]
@@ -52,13 +51,6 @@ def machine():
     return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def git_commit():
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=HERE, text=True).strip()
-    except Exception:  # noqa: BLE001 - not a git checkout
-        return None
 
 
 def run_alternating(model, steps, solver, x0, cfg, n, rounds=2):
@@ -92,7 +84,7 @@ def main(argv=None):
     preset = dict(finetune.PRESETS["cpu-small"]["phase2"], iters=3 if a.quick else a.iters)
     model = load(a.model)
     x0 = finetune.training_data("digits", model.event_shape)
-    t_start, commit = time.perf_counter(), git_commit()      # the code that runs: HEAD at the start
+    t_start, commit = time.perf_counter(), git_commit(default=None)      # the code that runs: HEAD at the start
 
     base5 = {s: frechet(model, optimize.optimize(model, "karras", 5, solver=s), s, n, 0) for s in MULTISTEP}
     best_ms = min(base5, key=base5.get)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 from dpmsched import Schedule, denoisers, metrics, solvers
-from dpmsched.checkpoints import CONFIG, DATA_DIR, WEIGHTS, atomic_write_text, load_model, read_config
+from dpmsched.checkpoints import CONFIG, DATA_DIR, WEIGHTS, atomic_write_text, git_commit, load_model, read_config
 
 OUT = Path(__file__).resolve().parent
 MODELS = ("digits-edm", "digits-ddpm", "toy2d-edm", "digits-classifier")
@@ -72,8 +71,7 @@ def digits_quality(model, floor: float, emp_fd: float) -> dict:
 def main():
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_models.py"
     torch.set_num_threads(1)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=OUT).stdout.strip()
+    commit = git_commit(short=True)
     present = [m for m in MODELS if (DATA_DIR / m / CONFIG).is_file()]
     missing = [m for m in MODELS if m not in present]
 

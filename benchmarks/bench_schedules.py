@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -34,7 +33,7 @@ from pathlib import Path
 import torch
 
 from dpmsched import metrics
-from dpmsched.checkpoints import atomic_write_text
+from dpmsched.checkpoints import atomic_write_text, git_commit
 from dpmsched.denoisers import load
 from dpmsched.optimize import optimize
 from dpmsched.optimize import teacher as TT
@@ -53,13 +52,6 @@ CONFIG = {
                    "direct": {"n": 32, "iters": 20, "polish": 40},
                    "solvers": {"euler": [3, 4, 5, 6, 8, 10], "dpmpp_2m": [3, 4, 5, 6, 8, 10]}},
 }
-
-
-def _git(*args) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=OUT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def sample_metric(name: str, x: torch.Tensor) -> float:
@@ -259,7 +251,7 @@ def main(argv=None) -> int:
     meta = {"command": "python benchmarks/bench_schedules.py" + (" " + " ".join(argv) if argv else ""),
             "machine": f"{platform.machine()} {platform.processor() or ''} {platform.system()}, torch "
                        f"{torch.__version__}, 1 thread".replace("  ", " "),
-            "git_commit": _git("rev-parse", "--short", "HEAD"),
+            "git_commit": git_commit(short=True),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": CONFIG}
     res, prev = {}, OUT / "schedules.json"
     if a.limit_check:

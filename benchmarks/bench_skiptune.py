@@ -27,7 +27,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dpmsched import Schedule, data, denoisers, skiptune, solvers

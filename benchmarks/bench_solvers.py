@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from dpmsched import Schedule, denoisers, solvers
-from dpmsched.checkpoints import atomic_write_text
+from dpmsched.checkpoints import atomic_write_text, git_commit
 
 OUT = Path(__file__).resolve().parent
 STEPS, BATCH, REPEATS = 10, 256, 7
@@ -94,8 +93,7 @@ def agreement(folder):
 def main():
     torch.set_num_threads(1)
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_solvers.py"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=OUT).stdout.strip()
+    commit = git_commit(short=True)
     rows, agree = [], []
     load_before = os.getloadavg()[0]
     try:

@@ -64,12 +64,14 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def git_commit(default: str = "unknown") -> str:
-    """The current git commit of the repository holding this package (``default`` outside git)."""
+def git_commit(default: str = "unknown", short: bool = False) -> str:
+    """The current git commit of the repository holding this package (``default`` outside git);
+    ``short``: the abbreviated hash, as the benchmarks record it."""
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+        out = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"],
+                             cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=10)
         return out.stdout.strip() or default
     except (OSError, subprocess.SubprocessError):
