@@ -66,16 +66,12 @@ def load_rows(source) -> tuple[list[dict], dict]:
     if not p.exists():
         raise FileNotFoundError(f"no benchmark results at {p}: run `make bench` (or a sweep of notebook 07: make sweep GRID=sweeps/benchmark.yaml)")
     if p.is_dir():
-        rows, runs = [], 0
-        for f in sorted(p.rglob("*.json")):
-            if f.name.endswith(".failed.json") or f.name.startswith("."):   # failures; a run's temporary file
-                continue
-            d = json.loads(f.read_text())
-            found = d.get("rows") or (d.get("results") or {}).get("rows")
-            if found:
-                rows += found
-                runs += 1
-        return _check_rows(rows, p), {"runs": runs, "command": f"sweep results in {p}"}
+        from .sweep import load_records
+
+        ok = [r for recs in load_records(p).values() for r in recs
+              if r["status"] == "ok" and (r.get("results") or {}).get("rows")]
+        rows = [row for r in ok for row in r["results"]["rows"]]
+        return _check_rows(rows, p), {"runs": len(ok), "command": f"sweep results in {p}"}
     d = json.loads(p.read_text())
     info = {k: v for k, v in d.items() if not isinstance(v, (list, dict))}
     info.setdefault("commit", info.get("git_commit", "?"))

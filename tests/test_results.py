@@ -37,8 +37,9 @@ def test_load_rows_file_and_sweep_folder(tmp_path):
     assert len(rows) == 7 and info == {"command": "python x.py", "commit": "abc"}
     d = tmp_path / "runs"
     d.mkdir()
-    (d / "aa.json").write_text(json.dumps({"hash": "aa", "results": {"rows": _rows()[:2]}}))
-    (d / "bb.failed.json").write_text(json.dumps({"hash": "bb", "error": "boom"}))
+    rec = {"notebook": "07_benchmark.ipynb", "parameters": {"steps": 4}}       # as dpmsched.sweep writes them
+    (d / "aa.json").write_text(json.dumps({**rec, "hash": "aa", "status": "ok", "results": {"rows": _rows()[:2]}}))
+    (d / "bb.failed.json").write_text(json.dumps({**rec, "hash": "bb", "status": "failed", "error": "boom"}))
     rows, info = R.load_rows(d)
     assert len(rows) == 2 and info["runs"] == 1
 
