@@ -86,10 +86,14 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=1, help="process pool size for the grid search")
     p.add_argument("--quick", action="store_true", help="tiny run (n=128, 3x3 grid, one method) to test the script")
     p.add_argument("--md-only", action="store_true", help="only rewrite skiptune.md from skiptune.json")
+    p.add_argument("--redo-methods", default="", metavar="M1,M2",
+                   help="re-run only these optimizers' rows and replace them in the existing skiptune.json")
     a = p.parse_args(argv)
     if a.md_only:
         return write_md(json.loads((OUT / "skiptune.json").read_text()))
     torch.set_num_threads(1)
+    if a.redo_methods:
+        return redo_methods(a.redo_methods.split(","), a.workers)
     global DIAG
     if a.quick:
         DIAG = DIAG[:1]
@@ -120,6 +124,44 @@ def main(argv=None):
                   f"{r['best']['rho_top']},{r['best']['rho_bottom']} ({r['seconds']:.0f} s); fresh {row['fresh']}",
                   flush=True)
             dump()
+    optimized_rows(den, methods, n, a.workers, result, dump)
+    pairs = [(1.0, 1.0)] + sorted({(r["best"]["rho_top"], r["best"]["rho_bottom"]) for r in result["karras"]})
+    result["edm_loss"] = edm_losses(den, pairs, SEED)
+    result["seconds"] = round(time.perf_counter() - t_all, 1)
+    dump()
+    if not a.quick:
+        write_md(result)
+
+
+def redo_methods(methods, workers: int) -> None:
+    """Re-measure the optimized-schedule rows of ``methods`` in benchmarks/skiptune.json (after an
+    optimizer changed), keeping every other row; the redo is recorded under ``redone``."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"--redo-methods: unknown {bad}; expected some of {METHODS}")
+    result = json.loads((OUT / "skiptune.json").read_text())
+    result["optimized"] = [r for r in result["optimized"] if r["method"] not in methods]
+    for m in methods:
+        result["optimized_failed"] = {k: v for k, v in result["optimized_failed"].items() if not k.startswith(m + "@")}
+    t0 = time.perf_counter()
+    den = denoisers.load(MODEL).eval()
+
+    def dump():
+        atomic_write_text(OUT / "skiptune.json", json.dumps(result, indent=1))
+
+    optimized_rows(den, methods, result["n"], workers, result, dump)
+    result.setdefault("redone", []).append({
+        "methods": list(methods), "git_commit": git_commit(), "seconds": round(time.perf_counter() - t0, 1),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_skiptune.py --redo-methods {','.join(methods)}"})
+    order = {m: i for i, m in enumerate(METHODS)}
+    result["optimized"].sort(key=lambda r: (order[r["method"]], r["nfe"]))
+    dump()
+    write_md(result)
+
+
+def optimized_rows(den, methods, n: int, workers: int, result: dict, dump) -> None:
+    """Grid-search ρ on each method's Euler schedule at every NFE; rows appended to result["optimized"]."""
     for method in methods:
         for nfe in NFES:
             from dpmsched.optimize import optimize
@@ -132,19 +174,13 @@ def main(argv=None):
                 result["optimized_failed"][f"{method}@{nfe}"] = f"{type(e).__name__}: {e}"
                 print(f"{method} NFE {nfe} failed: {e}", flush=True)
                 continue
-            r = skiptune.grid_search(den, sched, "euler", RHO_OPT, RHO_OPT, n=n, seed=SEED, workers=a.workers)
+            r = skiptune.grid_search(den, sched, "euler", RHO_OPT, RHO_OPT, n=n, seed=SEED, workers=workers)
             row = grid_row(r)
             row.update(method=method, sigmas=[float(s) for s in sched.sigmas], optimize_s=round(opt_s, 1))
             result["optimized"].append(row)
             print(f"{method} euler NFE {nfe}: {r['baseline']:.2f} -> {r['best']['score']:.2f} at "
                   f"{r['best']['rho_top']},{r['best']['rho_bottom']}", flush=True)
             dump()
-    pairs = [(1.0, 1.0)] + sorted({(r["best"]["rho_top"], r["best"]["rho_bottom"]) for r in result["karras"]})
-    result["edm_loss"] = edm_losses(den, pairs, SEED)
-    result["seconds"] = round(time.perf_counter() - t_all, 1)
-    dump()
-    if not a.quick:
-        write_md(result)
 
 
 def _subgrid_best(row: dict, rhos) -> dict:
@@ -160,8 +196,11 @@ def write_md(r: dict, path: Path = OUT / "skiptune.md"):
           f"Model `{r['model']}`; score = Fréchet-digits distance (lower is better) of {r['n']} samples against the "
           "360 test digits; every cell of a grid uses the same noise (seed 0). ρ interpolated per skip from "
           "ρ_bottom (deepest) to ρ_top (input conv), constant in σ. Ratio = plain FD / tuned FD (> 1: Skip-Tuning "
-          "helps).", "",
-          "## Best (ρ_top, ρ_bottom) on EDM's Karras ρ = 7 schedule", "",
+          "helps).", ""]
+    md += [f"Rows of {', '.join(x['methods'])} re-measured after an optimizer changed: `{x['command']}` — git "
+           f"{x['git_commit']}, {x['date']}; {x['seconds']:.0f} s." for x in r.get("redone", [])]
+    md += [""] if r.get("redone") else []
+    md += ["## Best (ρ_top, ρ_bottom) on EDM's Karras ρ = 7 schedule", "",
           "| solver | NFE | plain FD | best ρ_top, ρ_bottom | tuned FD | ratio | fresh seeds: plain → tuned | tuned better |",
           "|---|---|---|---|---|---|---|---|"]
     for k in r["karras"]:

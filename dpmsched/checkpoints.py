@@ -66,14 +66,21 @@ def sha256_bytes(data: bytes) -> str:
 
 def git_commit(default: str = "unknown", short: bool = False) -> str:
     """The current git commit of the repository holding this package (``default`` outside git);
-    ``short``: the abbreviated hash, as the benchmarks record it."""
+    ``short``: the abbreviated hash, as the benchmarks record it.  A ``+modified`` suffix says that the
+    package or the benchmark scripts differ from that commit (uncommitted changes), so a recorded number
+    is never attributed to code that did not produce it."""
     import subprocess
 
+    here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"],
-                             cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or default
+                             cwd=here, capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip()
+        if not commit:
+            return default
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", str(here), str(here.parent / "benchmarks")],
+                              cwd=here, capture_output=True, timeout=10)
+        return commit + ("+modified" if diff.returncode == 1 else "")
     except (OSError, subprocess.SubprocessError):
         return default
 

@@ -123,3 +123,40 @@ def test_bound_prop_beats_huang_on_the_ring():
     z, xr = TT.reference_endpoints(ring, n=256, seed=1)
     e = {m: TT.endpoint_error(ring, optimize(ring, m, 5), z, xr) for m in ("huang", "bound-prop")}
     assert e["bound-prop"] < e["huang"]
+
+
+def test_triplet_costs_vanish_when_the_denoiser_is_linear_in_lambda(T):
+    """The order-2 (backward-difference) local error is zero when τ is exactly linear in λ = −log σ,
+    and for a general τ it is the brute-force sum of ‖τ_k − line through (p, a)‖ du_k."""
+    lam = torch.as_tensor(-np.log(T.grid))
+    g = torch.Generator().manual_seed(0)
+    alpha, beta = torch.randn(T.B, 1, generator=g, dtype=torch.float64), torch.randn(T.B, 1, generator=g, dtype=torch.float64)
+    lin = TT.Teacher(T.grid, T.z, T.x, alpha[None] + beta[None] * lam.reshape(-1, 1, 1), "heun", 0, 0.0)
+    C3 = bound.local_triplet_norms(lin)
+    fin = torch.isfinite(C3)
+    assert fin.sum() == math.comb(T.G, 3) and float(C3[fin].abs().max()) < 1e-9
+    C3 = bound.local_triplet_norms(T)
+    F, u = T.flat("f"), 1.0 / T.grid
+    for p, a, c in [(0, 1, 2), (3, 10, 40), (20, 21, 95)]:
+        s = (F[a] - F[p]) / (lam[a] - lam[p])
+        want = sum(float((F[k] - F[a] - (lam[k] - lam[a]) * s).norm(dim=-1).mean()) * (u[k] - u[k - 1])
+                   for k in range(a + 1, c + 1))
+        assert float(C3[p, a, c]) == pytest.approx(want, rel=1e-10)
+
+
+def test_bound_prop_order2_is_the_multistep_dp_optimum():
+    ring = load("toy2d-ring")
+    s = optimize(ring, "bound-prop", 4, "dpmpp_2m", n=32, grid_points=40)
+    assert s.meta["order"] == 2 and not s.meta["solver_transfer"]
+    T2 = TT.teacher(ring, n=32, grid_points=40)
+    w = (bound.secant_amplification(T2) * torch.as_tensor(T2.grid.copy())).numpy()
+    C1 = theory.bound_pair_costs(T2.grid, T2.f).numpy() * w[None]
+    C3 = bound.local_triplet_norms(T2).numpy() * w[None, None]
+    p = s.meta["grid_index"]
+    J = C1[p[0], p[1]] + C3[p[0], p[1], p[2]] + C3[p[1], p[2], p[3]] + C1[p[3], p[4]]
+    assert s.meta["objective"] == pytest.approx(J, rel=1e-12)
+    rng = np.random.default_rng(0)
+    for _ in range(30):                                              # no random path is better
+        q = [0, *np.sort(rng.choice(np.arange(1, 39), 3, replace=False)), 39]
+        Jq = C1[q[0], q[1]] + C3[q[0], q[1], q[2]] + C3[q[1], q[2], q[3]] + C1[q[3], q[4]]
+        assert J <= Jq + 1e-12

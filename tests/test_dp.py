@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpmsched.optimize.dp import shortest_path, shortest_paths
+from dpmsched.optimize.dp import shortest_path, shortest_path_multistep, shortest_paths
 
 
 def brute(C, k, gamma=1.0):
@@ -69,3 +69,46 @@ def test_impossible_and_bad_input():
         shortest_paths(C, 2, discount=0)
     C3 = C.copy(); C3[0, 3] = np.inf                   # a forbidden edge
     assert shortest_paths(C3, 1).values[1, 0] == np.inf
+
+
+def brute_multistep(C1, C3, k):
+    """First and last edges priced by C1, every middle edge a → c by C3[previous node, a, c]."""
+    G = C1.shape[0]
+    best, arg = np.inf, None
+    for mid in itertools.combinations(range(1, G - 1), k - 1):
+        p = (0, *mid, G - 1)
+        c = C1[0, G - 1] if k == 1 else (C1[p[0], p[1]] + C1[p[-2], p[-1]]
+                                         + sum(C3[p[e - 1], p[e], p[e + 1]] for e in range(1, k - 1)))
+        if c < best:
+            best, arg = c, p
+    return best, arg
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_multistep_dp_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    G = 8
+    C1, C3 = rng.exponential(size=(G, G)), rng.exponential(size=(G, G, G))
+    for k in range(1, G):
+        b, p = brute_multistep(C1, C3, k)
+        path, cost = shortest_path_multistep(C1, C3, k)
+        assert cost == pytest.approx(b, rel=1e-12) and tuple(path) == p
+
+
+def test_multistep_dp_reduces_to_the_pair_dp():
+    # a triplet cost that ignores the previous node is the pair DP
+    rng = np.random.default_rng(7)
+    G = 10
+    C = rng.uniform(0, 3, size=(G, G))
+    for k in range(1, G):
+        path, cost = shortest_path_multistep(C, np.broadcast_to(C[None], (G, G, G)), k)
+        assert cost == pytest.approx(shortest_path(C, k)[1], rel=1e-12)
+
+
+def test_multistep_dp_bad_input():
+    with pytest.raises(ValueError, match="edges"):
+        shortest_path_multistep(np.ones((4, 4)), np.ones((4, 4, 4)), 4)
+    with pytest.raises(ValueError, match="C3"):
+        shortest_path_multistep(np.ones((4, 4)), np.ones((4, 4)), 2)
+    with pytest.raises(ValueError, match="NaN"):
+        shortest_path_multistep(np.full((4, 4), np.nan), np.ones((4, 4, 4)), 2)

@@ -40,10 +40,10 @@ def test_klub_pair_costs_match_lemma_3_3(gauss):
     assert math.isinf(float(C[5, 0]))
 
 
-def test_ays_is_the_klub_optimum_not_the_tan_rule(gauss):
-    """The DP minimises the KLUB on the grid; on Gaussian data its KLUB is far below that of the
+def test_ays_dp_is_the_klub_optimum_not_the_tan_rule(gauss):
+    """mode="dp" minimises the KLUB on the grid; on Gaussian data its KLUB is far below that of the
     tan rule (which optimises something else, see the next test)."""
-    s = optimize(gauss, "ays", 4, n=64, grid_points=96)
+    s = optimize(gauss, "ays", 4, mode="dp", n=64, grid_points=96)
     tan = AYS.gaussian_schedule(4, C_STD)
     k_ays, k_tan = _klub_closed(s.sigmas), _klub_closed(tan.sigmas)
     assert k_ays < 0.05 * k_tan
@@ -62,6 +62,39 @@ def test_ays_is_the_klub_optimum_not_the_tan_rule(gauss):
             p[i] += step
             if p[i - 1] < p[i] < p[i + 1]:
                 assert sum(C[a, b] for a, b in zip(p[:-1], p[1:])) >= cost - 1e-12
+
+
+def test_klub_interval_is_alg2_with_the_normaliser(gauss):
+    """AYS Alg. 2 (importance sampling from π, weights times π's normaliser) on N(0, c²) data gives the
+    closed-form interval KLUB (Lemma 3.3) for intervals of very different size."""
+    x0 = C_STD * torch.randn(4000, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    draws = AYS.KLUBDraws(x0, seed=0)
+    for lo, up in [(0.002, 0.01), (0.05, 0.6), (0.3, 4.0), (2.0, 80.0)]:
+        got = AYS.klub_interval(gauss, draws, lo, up)
+        assert got == pytest.approx(_klub_closed([up, lo]), rel=0.08)    # MC over 4000 x0 (χ²₁: ±2.2 %)
+    with pytest.raises(ValueError, match="lo < up"):
+        AYS.klub_interval(gauss, draws, 1.0, 0.5)
+
+
+def test_ays_paper_mode_hierarchy_interpolation_and_descent(gauss):
+    x0 = C_STD * torch.randn(2000, 1, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    # no passes: the 40-step schedule is Karras-10 subdivided twice, and 10 steps read it back exactly
+    s0 = AYS.ays(gauss, 10, data=x0, sweeps=(0, 0, 0))
+    np.testing.assert_allclose(s0.sigmas, Schedule.karras(10).sigmas, rtol=1e-12)
+    np.testing.assert_allclose(s0.meta["schedule40"], AYS.subdivide(AYS.subdivide(Schedule.karras(10).sigmas)),
+                               rtol=1e-12)
+    np.testing.assert_allclose(AYS.loglinear_interp(s0.meta["schedule40"], 40), s0.meta["schedule40"], rtol=1e-12)
+    s = AYS.ays(gauss, 5, data=x0, sweeps=(3, 1, 1))
+    assert [len(h) for h in s.meta["history"]][0] <= 4 and all(len(h) <= 2 for h in s.meta["history"][1:])
+    for h in s.meta["history"]:                                    # coordinate descent on paired draws
+        assert all(b <= a + 1e-12 for a, b in zip(h[:-1], h[1:]))
+    assert s.sigmas[0] == 80.0 and s.sigmas[-1] == 0.002 and len(s.sigmas) == 6
+    # the true (closed-form) KLUB of the 40-step schedule went down, not just the MC estimate
+    assert _klub_closed(s.meta["schedule40"]) < 0.9 * _klub_closed(s0.meta["schedule40"])
+    with pytest.raises(ValueError, match="mode"):
+        AYS.ays(gauss, 5, data=x0, mode="x")
+    with pytest.raises(ValueError, match="sweeps"):
+        AYS.ays(gauss, 5, data=x0, sweeps=(1, 1))
 
 
 def test_tan_rule_is_euler_optimal_on_gaussian_data(gauss):

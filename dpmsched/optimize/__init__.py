@@ -52,6 +52,10 @@ def optimize(model, method: str, steps: int, solver: str = "euler", **opts):
     return sched
 
 
+#: methods that take minutes on a CPU and accept ``progress=True`` (a tqdm bar)
+_SLOW = ("direct", "ays")
+
+
 def _parse_opt(text: str):
     import json
 
@@ -78,6 +82,8 @@ def cli_optimize(argv: list[str]) -> int:
     p.add_argument("--out", default="", help="write the schedule JSON here (default: print it)")
     a = p.parse_args(argv)
     opts = dict(_parse_opt(o) for o in a.opt)
+    if a.method in _SLOW:
+        opts.setdefault("progress", True)              # a progress bar for the slow optimizers
     sched = optimize(a.model, a.method, a.steps, solver=a.solver, **opts)
     text = sched.to_json(a.out or None, indent=1)
     print(text if not a.out else f"wrote {a.out}: {sched}")

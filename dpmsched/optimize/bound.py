@@ -45,13 +45,18 @@ Option ``inner="vector"`` drops the inner triangle inequality and uses the exact
 C[a, c] = E_b √(mean_j ⟨a_{j,b}(g_c), x̂_b(a→c) − x_b(g_c)⟩²) with x̂ the Euler jump — a tighter
 first-order estimate of the error, no longer a bound of the (3.1) form.
 
-**Order-matched variant (``order=2``, for multistep solvers such as DPM-Solver++ 2M).**  A k-th order
-exponential integrator replaces τ on [λ_i, λ_{i+1}] by a polynomial in λ = log u instead of the constant
-τ(u_i).  Its local error is σ_{i+1} ∫ [τ(u) − P_i(log u)] du, with P_i the Taylor polynomial
-τ(u_i) + (λ − λ_i) τ′_λ(u_i) for k = 2 (the 2M step uses a backward difference for τ′_λ; we use the
-teacher's own slope, so this is the local error of the ideal second-order step).  The pair cost keeps
-the same form with the residual ‖τ(u_k) − P_a(λ_k)‖ in place of ‖τ(u_k) − τ(u_a)‖
-(:func:`local_pair_norms`); τ′_λ is a finite difference on the fine teacher grid.
+**Order-matched variant (``order=2``, for multistep solvers such as DPM-Solver++ 2M).**  A two-step
+exponential integrator replaces τ on [λ_a, λ_c] (λ = log u = −log σ) by the line through its last two
+points, P(λ) = τ(u_a) + (λ − λ_a) s_pa with the backward-difference slope s_pa = (τ(u_a) − τ(u_p))/(λ_a − λ_p)
+(what 2M's (1/2r)(D_i − D_{i−1}) term approximates).  Its local error is σ_c ∫ [τ(u) − P(log u)] du, so
+the cost of a step now depends on the previous node p as well — a triplet cost
+C3[p, a, c] = A(σ_c) σ_c Σ_k ‖τ(u_k) − P(λ_k)‖ (u_k − u_{k−1}) (:func:`local_triplet_norms`).  The solver has
+no slope on its first step and, with ``lower_order_final`` (our default, as in diffusers), drops to
+first order on its last: those edges keep the first-order pair cost.  The exact optimum over grid
+paths is a DP over the last edge (:func:`dpmsched.optimize.dp.shortest_path_multistep`, O(N·G³)).
+History (measured, benchmarks/schedules.md): an earlier version used the teacher's exact slope at σ_a
+(a pair cost, no dependence on p) and failed badly at NFE 3 — it took the 2M middle step's slope to be
+exact when it is a difference over the huge first interval (toy 0.470 vs Karras 0.21).
 
 Caveats (honest): the first-order expansion linearises around the teacher, not the Euler
 trajectory; √(mean_j ⟨·⟩²) is a consistent but not unbiased estimate of ‖J w‖ for small m.
@@ -68,7 +73,7 @@ from .. import theory
 from ..schedules import Schedule
 from .teacher import adjoints, dp_schedule, model_range, teacher
 
-__all__ = ["huang", "bound_prop", "local_pair_norms", "prop_pair_costs", "euler_jump_errors", "jump_costs", "secant_amplification"]
+__all__ = ["huang", "bound_prop", "local_triplet_norms", "prop_pair_costs", "euler_jump_errors", "jump_costs", "secant_amplification"]
 
 
 def huang(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points: int = 128, seed: int = 0,
@@ -169,26 +174,21 @@ def secant_amplification(T) -> torch.Tensor:
     return spread[-1] / spread
 
 
-def local_pair_norms(T, order: int = 1) -> torch.Tensor:
-    """N[a, c] = Σ_{k=a+1}^{c} E_b ‖f_b(g_k) − P_{a,b}(λ_k)‖ (u_k − u_{k−1}), a < c (+inf otherwise):
-    the right-Riemann pair cost of the (order-``order``) local error without the σ_c factor.
-
-    order 1: P = f(g_a), exactly :func:`dpmsched.theory.bound_pair_costs` (eq. 3.1, §3.4(a));
-    order 2: P = f(g_a) + (λ − λ_a) ∂f/∂λ(g_a), the slope a finite difference on the teacher grid
-    (module doc, "order-matched variant").  (G, G) float64; O(G² B d) time.
-    """
-    if order == 1:
-        return theory.bound_pair_costs(T.grid, T.f)
-    if order != 2:
-        raise ValueError(f"order must be 1 or 2, got {order!r}")
+def local_triplet_norms(T) -> torch.Tensor:
+    """N3[p, a, c] = Σ_{k=a+1}^{c} E_b ‖f_b(g_k) − f_b(g_a) − (λ_k − λ_a) s_{b,pa}‖ (u_k − u_{k−1}), p < a < c
+    (+inf otherwise), s_pa = (f(g_a) − f(g_p))/(λ_a − λ_p): the local-error cost of a two-step
+    (multistep, order 2) step from g_a to g_c whose slope is the solver's own backward difference
+    through the previous point g_p, as DPM-Solver++(2M) takes it (module doc).  (G, G, G) float64."""
     lam = torch.as_tensor(-np.log(T.grid))
     F = T.flat("f")                                                           # (G, B, D)
-    dF = torch.as_tensor(np.gradient(F.numpy(), lam.numpy(), axis=0))        # ∂f/∂λ on the grid
-    du = torch.diff(torch.exp(lam))                                           # u_k − u_{k−1} > 0
-    C = torch.full((T.G, T.G), math.inf, dtype=torch.float64)
-    for a in range(T.G - 1):
-        res = F[a + 1:] - F[a][None] - (lam[a + 1:] - lam[a])[:, None, None] * dF[a][None]
-        C[a, a + 1:] = torch.cumsum(res.norm(dim=-1).mean(1) * du[a:], 0)
+    du = torch.diff(torch.exp(lam))
+    G = T.G
+    C = torch.full((G, G, G), math.inf, dtype=torch.float64)
+    for a in range(1, G - 1):
+        S = (F[a][None] - F[:a]) / (lam[a] - lam[:a])[:, None, None]          # (a, B, D) over p < a
+        dl = (lam[a + 1:] - lam[a])[None, :, None, None]                      # (1, G−a−1, 1, 1)
+        res = (F[a + 1:] - F[a][None])[None] - dl * S[:, None]                # (a, G−a−1, B, D)
+        C[:a, a, a + 1:] = torch.cumsum(res.norm(dim=-1).mean(-1) * du[a:][None], 1)
     return C
 
 
@@ -200,9 +200,10 @@ def bound_prop(model, steps: int, solver: str = "euler", *, n: int = 128, grid_p
     ``amplification``: "secant" (default; J_c ≈ A(σ_c)·I with :func:`secant_amplification`) or
     "adjoint" (the sketched Jacobian of :func:`.teacher.adjoints`, m directions; first order, which
     misses basin switching on the ideal digits denoiser).  ``inner``: "norm" (the bound) or "vector"
-    (the exact teacher local error).  ``order``: 1 (Euler's local error) or 2 (the order-matched
-    variant for second-order and higher solvers); default min(2, order of ``solver``); order 2 needs
-    secant amplification and inner="norm".  ``meta["objective"]``: the DP optimum (data units at σ_N).
+    (the exact teacher local error).  ``order``: 1 (Euler's local error, pair-cost DP) or 2 (the
+    order-matched variant for multistep solvers: backward-difference slope, Euler first and last steps,
+    triplet-cost DP; module doc); default min(2, order of ``solver``); order 2 needs secant amplification
+    and inner="norm".  ``meta["objective"]``: the DP optimum (data units at σ_N).
     """
     from .ots import solver_order
 
@@ -221,7 +222,7 @@ def bound_prop(model, steps: int, solver: str = "euler", *, n: int = 128, grid_p
         A = secant_amplification(T)
         sig = torch.as_tensor(T.grid.copy())
         if inner == "norm":
-            base = local_pair_norms(T, order)
+            base = theory.bound_pair_costs(T.grid, T.f)              # eq. 3.1's pair cost
         elif inner == "vector":
             base = jump_costs(T)
         else:
@@ -229,7 +230,14 @@ def bound_prop(model, steps: int, solver: str = "euler", *, n: int = 128, grid_p
         C = base * (A * (sig if inner == "norm" else 1.0))[None, :]
     else:
         raise ValueError(f"amplification must be 'secant' or 'adjoint', got {amplification!r}")
-    s = dp_schedule(C, T.grid, steps, "bound-prop")
+    if order == 2:
+        from .dp import shortest_path_multistep
+
+        w = (A * sig)[None, None, :]
+        idx, cost = shortest_path_multistep(C, local_triplet_norms(T) * w, steps)
+        s = Schedule(T.grid[idx], "bound-prop", {"objective": cost, "grid_index": idx.tolist()})
+    else:
+        s = dp_schedule(C, T.grid, steps, "bound-prop")
     s.meta.update({"n": n, "grid_points": grid_points, "seed": seed, "amplification": amplification,
                    "inner": inner, "order": order, "teacher_seconds": T.seconds, **extra,
                    "solver_transfer": solver_order(solver) != order, "seconds": time.perf_counter() - t0})

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DPResult", "shortest_paths", "shortest_path"]
+__all__ = ["DPResult", "shortest_paths", "shortest_path", "shortest_path_multistep"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,48 @@ def shortest_path(C, edges: int, discount: float = 1.0) -> tuple[np.ndarray, flo
     """(node indices, cost) of the optimal path with exactly ``edges`` edges."""
     r = shortest_paths(C, edges, discount)
     return r.path(edges), r.cost(edges)
+
+
+def shortest_path_multistep(C1, C3, edges: int) -> tuple[np.ndarray, float]:
+    """Exactly-``edges`` path 0 → G−1 when a step's cost depends on the previous node too, as for a
+    two-step (multistep) solver whose first and last steps are one-step (Euler) steps:
+
+        J = C1[a_0, a_1] + Σ_{e=1}^{N−2} C3[a_{e−1}, a_e, a_{e+1}] + C1[a_{N−1}, a_N]   (N ≥ 2; N = 1: C1[0, G−1]),
+
+    a_0 = 0, a_N = G−1.  ``C1`` (G, G) pair costs (a < c), ``C3`` (G, G, G) triplet costs (p < a < c);
+    +inf = not allowed.  Forward recursion over the last edge, W_e(a, c) = min_p W_{e−1}(p, a) + C3[p, a, c]:
+    O(N·G³) time, O(G³) memory.  Returns (node indices (N+1,), J).
+    """
+    C1 = np.array(C1.detach().cpu().numpy() if hasattr(C1, "detach") else C1, dtype=np.float64)
+    C3 = np.array(C3.detach().cpu().numpy() if hasattr(C3, "detach") else C3, dtype=np.float64)
+    G = C1.shape[0]
+    if C1.shape != (G, G) or C3.shape != (G, G, G) or G < 2:
+        raise ValueError(f"need C1 (G, G) and C3 (G, G, G) with G >= 2, got {C1.shape} and {C3.shape}")
+    if np.isnan(C1).any() or np.isnan(C3).any():
+        raise ValueError("C1/C3 contain NaN")
+    N = int(edges)
+    if not 1 <= N <= G - 1:
+        raise ValueError(f"edges must be in 1..{G - 1} for {G} grid points, got {N}")
+    up = np.triu(np.ones((G, G), dtype=bool), k=1)
+    C1 = np.where(up, C1, np.inf)
+    C3 = np.where(up[:, :, None] & up[None, :, :], C3, np.inf)      # only p < a < c
+    if N == 1:
+        return np.array([0, G - 1]), float(C1[0, G - 1])
+    W = np.full((G, G), np.inf)                       # W[a, c]: best cost of a path 0 → … → a → c
+    W[0] = C1[0]
+    back = []
+    for _ in range(N - 2):
+        M = W[:, :, None] + C3                        # M[p, a, c]
+        arg = np.argmin(M, axis=0)                    # (a, c) → best p
+        W = np.take_along_axis(M, arg[None], 0)[0]
+        back.append(arg)
+    last = W + C1[:, [G - 1]].T                       # last[a, c] = W[a, c] + C1[c, G−1]
+    a, c = np.unravel_index(np.argmin(last), last.shape)
+    cost = float(last[a, c])
+    if not np.isfinite(cost):
+        raise ValueError(f"no path from node 0 to node {G - 1} with exactly {N} edges")
+    nodes = [G - 1, int(c), int(a)]
+    for arg in reversed(back):
+        a, c = int(arg[a, c]), int(a)
+        nodes.append(a)
+    return np.array(nodes[::-1], dtype=np.int64), cost
