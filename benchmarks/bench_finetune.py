@@ -53,7 +53,7 @@ def machine():
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def run_alternating(model, steps, solver, x0, cfg, n, rounds=2):
+def run_alternating(model, steps, solver, x0, cfg, n, rounds=2, phase1_method="huang"):
     """Round 0 (Phase-1 only) and rounds 1..R of the alternating loop, each with its Fréchet-digits."""
     per_round = []
 
@@ -64,7 +64,7 @@ def run_alternating(model, steps, solver, x0, cfg, n, rounds=2):
 
     t0 = time.perf_counter()
     finetune.alternate(model, steps, x0, rounds=rounds, solver=solver, config=cfg, device="cpu", on_round=on_round,
-                       phase1=lambda m, k, s: finetune.default_phase1(m, k, s, **PHASE1))
+                       phase1=lambda m, k, s: optimize.optimize(m, phase1_method, k, solver=s, **PHASE1))
     return {"rounds": per_round, "seconds": time.perf_counter() - t0}
 
 
@@ -76,6 +76,9 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=30, help="Phase-2 iterations per round")
     p.add_argument("--methods", default=",".join(TRAINING_FREE), help="training-free optimizers, comma-separated")
     p.add_argument("--out", default=str(HERE / "finetune"), help="output stem (.json and .md)")
+    p.add_argument("--phase1-method", default="huang", help="the schedule optimizer of Phase-1 (default: Huang's bound)")
+    p.add_argument("--only", default="", metavar="SOLVER:NFE,...",
+                   help="run only these configurations (e.g. euler:5); default: Euler and the best multistep at 4-6")
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
     nfes = [5] if a.quick else [4, 5, 6]
@@ -92,6 +95,8 @@ def main(argv=None):
     # the target row first (Euler, NFE 5), then the rest: the JSON and table are rewritten after every row, so
     # an interrupted run leaves the rows it finished (``"complete": false``)
     order = sorted(((s, k) for s in ["euler", best_ms] for k in nfes), key=lambda sk: (sk[1] != 5, sk[0] != "euler"))
+    if a.only:
+        order = [(sk.split(":")[0], int(sk.split(":")[1])) for sk in a.only.split(",")]
     for solver, nfe in order:
         steps = nfe                                      # every solver here uses N NFE for N steps
         row = {"solver": solver, "nfe": nfe}
@@ -108,12 +113,14 @@ def main(argv=None):
         row["best_training_free_value"] = num[row["best_training_free"]] if num else None
         # the literal DSM reading only on the Euler NFE-5 row (CPU time)
         for loss in finetune.LOSSES if (solver == "euler" and nfe == 5) else ("distill",):
-            row[loss] = run_alternating(model, steps, solver, x0, finetune.Phase2Config(**preset, loss=loss), n)
+            row[loss] = run_alternating(model, steps, solver, x0, finetune.Phase2Config(**preset, loss=loss), n,
+                                        phase1_method=a.phase1_method)
         row["phase1_only"] = row["distill"]["rounds"][0]["frechet"]
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("solver", "nfe", "karras", "phase1_only")}
                          | {"distill": [r["frechet"] for r in row["distill"]["rounds"]]}), flush=True)
         res = {"benchmark": "finetune", "model": a.model, "samples": n, "phase2": preset, "phase1": PHASE1,
+               "phase1_method": a.phase1_method,
                "rows": rows, "complete": len(rows) == len(order), "multistep_karras_nfe5": base5,
                "best_multistep": best_ms, "training_free_methods": methods,
                "seconds": time.perf_counter() - t_start, "quick": a.quick, "gpu_preset": "not yet measured (no GPU)",
@@ -133,11 +140,11 @@ def table(res):
              "", f"`{res['command']}` — {res['date']}, commit {(res['git_commit'] or '?')[:7]}, "
              f"{res['machine']['platform']}, torch {res['machine']['torch']}, {res['machine']['torch_threads']} thread(s); "
              f"{res['samples']} samples per Fréchet-digits entry (vs the 360-image test split; for the metric's floor "
-             f"see models.md); Phase-1 = Huang {res['phase1']}; Phase-2 {res['phase2']['iters']} "
+             f"see models.md); Phase-1 = `{res.get('phase1_method', 'huang')}` {res['phase1']}; Phase-2 {res['phase2']['iters']} "
              f"iterations × batch {res['phase2']['batch']} per round, lr {res['phase2']['lr']}; total "
              f"{res['seconds']:.0f} s (a 2-core machine shared with other jobs: wall times vary with its load)." + ("" if res.get("complete", True) else
              f" **Incomplete run: {len(res['rows'])} configuration(s) finished.**"), "",
-             "Round 0 = Phase-1 only (the pretrained model on its Huang schedule); round r = after r alternations "
+             "Round 0 = Phase-1 only (the pretrained model on its Phase-1 schedule); round r = after r alternations "
              "σ ← Phase1(θ), θ ← Phase2(θ, σ). `distill` = the few-step solve matches the base model's 32-step RK4 "
              "solution; `dsm` = the literal reading (DSM at the schedule's σ with convex λ), run on the Euler NFE-5 "
              "row only. The last two columns: relative change of Fréchet-digits after round 2 (negative = better). "
