@@ -1,4 +1,4 @@
-"""Shortest paths with exactly N edges on a grid — the one DP behind Watson, GITS and Huang-DP.
+"""Shortest paths with exactly N edges on a grid — the DPs behind Watson, GITS, Huang-DP and bound-prop.
 (ALGORITHMS.md §7.3, §8.2, §3.4(a))
 
 Nodes 0..G−1 are grid points in sampling order (node 0 = the largest σ, node G−1 = the smallest).
@@ -11,6 +11,9 @@ exactly N edges, and its cost is
 — GITS's discount coefficient (γ = 1.15 by default there) makes later edges count more.
 The backward recursion  V_k(j) = min_{i>j} C[j, i] + γ·V_{k−1}(i),  V_0(j) = 0 if j = G−1 else +inf,
 gives the optimum for *every* budget k ≤ N_max in one pass: O(N_max·G²) time, O(G² + N_max·G) memory.
+
+:func:`shortest_path_multistep` is the same problem when a step's cost also depends on the node before it
+(a two-step solver's slope uses the previous point): a forward recursion over the last edge, O(N·G³).
 """
 from __future__ import annotations
 

@@ -205,7 +205,7 @@ def endpoint_error(model, schedule, z: torch.Tensor, x_ref: torch.Tensor, solver
 def dp_schedule(C, grid: np.ndarray, steps: int, name: str, discount: float = 1.0) -> Schedule:
     """The grid path with exactly ``steps`` edges minimising the pair costs ``C`` (G, G), as a Schedule
     (σ = grid[path]); ``meta``: ``objective`` (the DP optimum), ``grid_index`` (the path), ``discount``.
-    The one DP of the project: :func:`dpmsched.optimize.dp.shortest_paths`."""
+    Through the pair DP of the project, :func:`dpmsched.optimize.dp.shortest_paths`."""
     from .dp import shortest_paths
 
     steps = int(steps)
