@@ -220,21 +220,19 @@ def bound_prop(model, steps: int, solver: str = "euler", *, n: int = 128, grid_p
         C = prop_pair_costs(T, adj, inner)
     elif amplification == "secant":
         A = secant_amplification(T)
-        sig = torch.as_tensor(T.grid.copy())
-        if inner == "norm":
-            base = theory.bound_pair_costs(T.grid, T.f)              # eq. 3.1's pair cost
+        if inner == "norm":                     # the bound: σ_c ∫‖…‖du amplified to σ_N, weight A(σ_c) σ_c
+            w = A * torch.as_tensor(T.grid.copy())
+            C = theory.bound_pair_costs(T.grid, T.f) * w[None, :]    # eq. 3.1's pair cost
         elif inner == "vector":
-            base = jump_costs(T)
+            C = jump_costs(T) * A[None, :]
         else:
             raise ValueError(f"inner must be 'norm' or 'vector', got {inner!r}")
-        C = base * (A * (sig if inner == "norm" else 1.0))[None, :]
     else:
         raise ValueError(f"amplification must be 'secant' or 'adjoint', got {amplification!r}")
     if order == 2:
         from .dp import shortest_path_multistep
 
-        w = (A * sig)[None, None, :]
-        idx, cost = shortest_path_multistep(C, local_triplet_norms(T) * w, steps)
+        idx, cost = shortest_path_multistep(C, local_triplet_norms(T) * w[None, None, :], steps)
         s = Schedule(T.grid[idx], "bound-prop", {"objective": cost, "grid_index": idx.tolist()})
     else:
         s = dp_schedule(C, T.grid, steps, "bound-prop")

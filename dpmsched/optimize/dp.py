@@ -61,18 +61,23 @@ class DPResult:
             raise ValueError(f"k must be in 1..{self.max_edges}, got {k}")
 
 
+def _as_costs(C, name: str = "C") -> np.ndarray:
+    """A float64 numpy copy of the cost array ``C`` (numpy or torch); NaN raises, naming where."""
+    C = np.array(C.detach().cpu().numpy() if hasattr(C, "detach") else C, dtype=np.float64)
+    if np.isnan(C).any():
+        raise ValueError(f"{name} contains NaN at {list(map(int, np.argwhere(np.isnan(C))[0]))}")
+    return C
+
+
 def shortest_paths(C, max_edges: int, discount: float = 1.0) -> DPResult:
     """Solve the exactly-k-edges shortest path 0 → G−1 for all k ≤ ``max_edges`` (see module doc).
 
     ``C``: (G, G) array-like of edge costs (numpy or torch; only a < c is used; +inf = no edge).
     NaN costs raise ``ValueError``.  ``discount`` γ > 0.
     """
-    C = np.array(C.detach().cpu() if hasattr(C, "detach") else C, dtype=np.float64)
+    C = _as_costs(C)
     if C.ndim != 2 or C.shape[0] != C.shape[1] or C.shape[0] < 2:
         raise ValueError(f"C must be a square (G, G) matrix with G >= 2, got shape {C.shape}")
-    if np.isnan(C).any():
-        i, j = np.argwhere(np.isnan(C))[0]
-        raise ValueError(f"C contains NaN at [{i}, {j}]")
     if not (discount > 0 and np.isfinite(discount)):
         raise ValueError(f"discount must be a finite positive number, got {discount!r}")
     if int(max_edges) < 1:
@@ -107,13 +112,10 @@ def shortest_path_multistep(C1, C3, edges: int) -> tuple[np.ndarray, float]:
     +inf = not allowed.  Forward recursion over the last edge, W_e(a, c) = min_p W_{e−1}(p, a) + C3[p, a, c]:
     O(N·G³) time, O(G³) memory.  Returns (node indices (N+1,), J).
     """
-    C1 = np.array(C1.detach().cpu().numpy() if hasattr(C1, "detach") else C1, dtype=np.float64)
-    C3 = np.array(C3.detach().cpu().numpy() if hasattr(C3, "detach") else C3, dtype=np.float64)
+    C1, C3 = _as_costs(C1, "C1"), _as_costs(C3, "C3")
     G = C1.shape[0]
     if C1.shape != (G, G) or C3.shape != (G, G, G) or G < 2:
         raise ValueError(f"need C1 (G, G) and C3 (G, G, G) with G >= 2, got {C1.shape} and {C3.shape}")
-    if np.isnan(C1).any() or np.isnan(C3).any():
-        raise ValueError("C1/C3 contain NaN")
     N = int(edges)
     if not 1 <= N <= G - 1:
         raise ValueError(f"edges must be in 1..{G - 1} for {G} grid points, got {N}")
