@@ -9,13 +9,13 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # two pytest workers on a 2-core machine, one torch thread each
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-py test-nb lab strip bench clean sweep test-ui
+.PHONY: setup demo test lint test-py test-nb lab strip bench clean sweep test-ui
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=64"
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[dev,hub]"
 	@touch $@
@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m dpmsched demo --out runs $(NOTEBOOKS)
 
-## make test: unit/property/notebook tests (pytest over tests/, nbval over notebooks/)
-test: test-py test-nb
+## make test: lint, unit/property/notebook tests (ruff over the code, pytest over tests/, nbval over notebooks/)
+test: lint test-py test-nb
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dpmsched benchmarks tests
 
 test-py: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q -n $(PYTEST_WORKERS)
@@ -33,9 +36,12 @@ test-py: $(STAMP)
 test-nb: $(STAMP)
 	$(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks
 
-## make lab: open JupyterLab on the notebooks
+## make lab: open JupyterLab on the notebooks (as root — containers, CI machines — Jupyter refuses to start
+## without --allow-root; it is added then, with a warning: prefer running it as an ordinary user)
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks
+	@$(if $(LAB_ROOT),echo "make lab: running as root so JupyterLab gets --allow-root; better run it as an ordinary user",true)
+	$(VENV)/bin/jupyter lab $(LAB_ROOT) notebooks
 
 ## make strip: remove outputs from the stored notebooks, refreshing the NBVAL_CHECK_OUTPUT cells
 strip: $(STAMP)

@@ -11,20 +11,14 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_elbo_full.py [--model
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
+from _common import OUT, command, md_table, metadata, provenance_line, write_outputs
 
-from dpmsched.checkpoints import atomic_write_text, git_commit
 from dpmsched.data import DIGITS_LEVELS, digits
 from dpmsched.optimize import elbo
-
-OUT = Path(__file__).resolve().parent
 
 
 def main(argv=None) -> int:
@@ -41,21 +35,16 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     full = terms.full_path()
     bits = {v: terms.bits_per_dim(full, v) for v in ("small", "large")}
-    commit = git_commit(short=True)
-    out = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_elbo_full.py" + (" " + " ".join(argv) if argv else ""),
-           "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, 1 thread",
-           "git_commit": commit, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "model": a.model, "T": int(terms.T), "steps": int(len(full) - 1), "n_test": int(x.shape[0]), "seed": a.seed,
+    out = {**metadata(command(__file__, argv), threads=1), "model": a.model, "T": int(terms.T),
+           "steps": int(len(full) - 1), "n_test": int(x.shape[0]), "seed": a.seed,
            "bits_per_dim": bits, "seconds": seconds}
-    atomic_write_text(OUT / "elbo_full.json", json.dumps(out, indent=1) + "\n")
-    md = (f"# Watson's table: the T-step value\n\n`{out['command']}` — commit {commit}, {out['date']}, {out['machine']}.\n\n"
-          f"Test-split bits/dim of the path through all T = {out['T']} steps of `{a.model}` ({out['n_test']} test images, "
-          f"noise seed {a.seed}; {seconds:.0f} s for {out['T']} network passes):\n\n"
-          "| reverse variance | bits/dim |\n|---|---|\n"
-          + "".join(f"| {v} | {b:.4f} |\n" for v, b in bits.items())
-          + "\nRead with `benchmarks/elbo.md` (K-step paths over 264 candidate steps, same test split).\n")
-    atomic_write_text(OUT / "elbo_full.md", md)
-    print(md)
+    md = ["# Watson's table: the T-step value", "", provenance_line(out), "",
+          f"Test-split bits/dim of the path through all T = {out['T']} steps of `{a.model}` ({out['n_test']} test "
+          f"images, noise seed {a.seed}; {seconds:.0f} s for {out['T']} network passes):", ""]
+    md += md_table(["reverse variance", "bits/dim"], [(v, f"{b:.4f}") for v, b in bits.items()])
+    md += ["", "Read with `benchmarks/elbo.md` (K-step paths over 264 candidate steps, same test split)."]
+    write_outputs(OUT / "elbo_full", out, md)
+    print("\n".join(md))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Benchmark: Huang Phase-2 finetuning on digits-edm (ALGORITHMS.md §3.5).
+"""Benchmark: Huang Phase-2 finetuning on digits-edm (docs/math.md §3.5).
 
 For NFE 4, 5, 6 with Euler and with the best multistep solver (chosen in this run: lowest Fréchet-digits on
 EDM-ρ7 at NFE 5), Fréchet-digits of:
@@ -13,23 +13,16 @@ Writes benchmarks/finetune.json and benchmarks/finetune.md.  Run:  .venv/bin/pyt
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
+from _common import OUT, command, md_table, metadata, provenance_line, write_outputs
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from dpmsched import finetune, metrics, optimize  # noqa: E402
-from dpmsched.checkpoints import atomic_write_text, git_commit  # noqa: E402
-from dpmsched.denoisers import load  # noqa: E402
+from dpmsched import finetune, metrics, optimize
+from dpmsched.models import load
 
 MULTISTEP = ["dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"]
 #: training-free optimizers compared (the cheap ones on 2 CPU cores: "karras-tuned" (~100 s per schedule), "ays"
@@ -43,14 +36,8 @@ PHASE1 = {"n": 32, "grid_points": 64}
 def frechet(model, sched, solver, n, seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", finetune.ScheduleMismatchWarning)
-        x = finetune.sample(model, sched, solver, n=n, seed=seed)
+        x = finetune.model_samples(model, sched, solver, n=n, seed=seed)
     return float(metrics.frechet_digits(x)["fd"])
-
-
-def machine():
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def run_alternating(model, steps, solver, x0, cfg, n, rounds=2, phase1_method="huang"):
@@ -75,7 +62,7 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=1000, help="samples per Fréchet-digits estimate")
     p.add_argument("--iters", type=int, default=30, help="Phase-2 iterations per round")
     p.add_argument("--methods", default=",".join(TRAINING_FREE), help="training-free optimizers, comma-separated")
-    p.add_argument("--out", default=str(HERE / "finetune"), help="output stem (.json and .md)")
+    p.add_argument("--out", default=str(OUT / "finetune"), help="output stem (.json and .md)")
     p.add_argument("--phase1-method", default="huang", help="the schedule optimizer of Phase-1 (default: Huang's bound)")
     p.add_argument("--only", default="", metavar="SOLVER:NFE,...",
                    help="run only these configurations (e.g. euler:5); default: Euler and the best multistep at 4-6")
@@ -87,7 +74,7 @@ def main(argv=None):
     preset = dict(finetune.PRESETS["cpu-small"]["phase2"], iters=3 if a.quick else a.iters)
     model = load(a.model)
     x0 = finetune.training_data("digits", model.event_shape)
-    t_start, commit = time.perf_counter(), git_commit(default=None)      # the code that runs: HEAD at the start
+    t_start, meta = time.perf_counter(), metadata(command(__file__, argv))   # the code that runs: HEAD at the start
 
     base5 = {s: frechet(model, optimize.optimize(model, "karras", 5, solver=s), s, n, 0) for s in MULTISTEP}
     best_ms = min(base5, key=base5.get)
@@ -124,12 +111,8 @@ def main(argv=None):
                "rows": rows, "complete": len(rows) == len(order), "multistep_karras_nfe5": base5,
                "best_multistep": best_ms, "training_free_methods": methods,
                "seconds": time.perf_counter() - t_start, "quick": a.quick, "gpu_preset": "not yet measured (no GPU)",
-               "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_finetune.py "
-                          + " ".join(argv if argv is not None else sys.argv[1:]),
-               "machine": machine(), "git_commit": commit,
-               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        atomic_write_text(a.out + ".json", json.dumps(res, indent=1))
-        atomic_write_text(a.out + ".md", table(res))
+               **meta}
+        write_outputs(a.out, res, table(res))
     print(table(res))
 
 
@@ -137,10 +120,8 @@ def table(res):
     """The markdown table of ``res`` (the JSON written by :func:`main`)."""
     losses = [l for l in finetune.LOSSES if any(l in r for r in res["rows"])]
     lines = [f"# Phase-2 finetuning on {res['model']} (Fréchet-digits, lower is better; ratio vs EDM-ρ7 in brackets)",
-             "", f"`{res['command']}` — {res['date']}, commit {(res['git_commit'] or '?')[:7]}, "
-             f"{res['machine']['platform']}, torch {res['machine']['torch']}, {res['machine']['torch_threads']} thread(s); "
-             f"{res['samples']} samples per Fréchet-digits entry (vs the 360-image test split; for the metric's floor "
-             f"see models.md); Phase-1 = `{res.get('phase1_method', 'huang')}` {res['phase1']}; Phase-2 {res['phase2']['iters']} "
+             "", f"{provenance_line(res)} {res['samples']} samples per Fréchet-digits entry (vs the 360-image test "
+             f"split; for the metric's floor see models.md); Phase-1 = `{res.get('phase1_method', 'huang')}` {res['phase1']}; Phase-2 {res['phase2']['iters']} "
              f"iterations × batch {res['phase2']['batch']} per round, lr {res['phase2']['lr']}; total "
              f"{res['seconds']:.0f} s (a 2-core machine shared with other jobs: wall times vary with its load)." + ("" if res.get("complete", True) else
              f" **Incomplete run: {len(res['rows'])} configuration(s) finished.**"), "",
@@ -148,14 +129,14 @@ def table(res):
              "σ ← Phase1(θ), θ ← Phase2(θ, σ). `distill` = the few-step solve matches the base model's 32-step RK4 "
              "solution; `dsm` = the literal reading (DSM at the schedule's σ with convex λ), run on the Euler NFE-5 "
              "row only. The last two columns: relative change of Fréchet-digits after round 2 (negative = better). "
-             "Training-free optimizers compared: " + ", ".join(res["training_free_methods"]) + ".", "",
-             "| solver | NFE | EDM-ρ7 | best training-free | Phase-1 only | " + " | ".join(
-                 f"{l} round 1 | {l} round 2" for l in losses) + " | distill round 2 vs Phase-1 only | vs best training-free |",
-             "|---|---|---|---|---|" + "---|" * (2 * len(losses)) + "---|---|"]
+             "Training-free optimizers compared: " + ", ".join(res["training_free_methods"]) + ".", ""]
+    header = ["solver", "NFE", "EDM-ρ7", "best training-free", "Phase-1 only",
+              *(f"{l} round {i}" for l in losses for i in (1, 2)), "distill round 2 vs Phase-1 only", "vs best training-free"]
+    cells_of = []
     for r in res["rows"]:
         k = r["karras"]
 
-        def f(v):
+        def f(v, k=k):
             return f"{v:.2f} ({v / k:.2f})"
 
         cells = [r["solver"], str(r["nfe"]), f"{k:.2f}",
@@ -168,7 +149,8 @@ def table(res):
         cells.append(f"{100 * (last / r['phase1_only'] - 1):+.0f} %")
         bt = r["best_training_free_value"]
         cells.append(f"{100 * (last / bt - 1):+.0f} %" if bt else "—")
-        lines.append("| " + " | ".join(cells) + " |")
+        cells_of.append(cells)
+    lines += md_table(header, cells_of)
     lines += ["", "Wall time per configuration (s, Phase-1 + Phase-2 of both rounds, without the evaluations): "
               + "; ".join(f"{r['solver']}/{r['nfe']}: " + ", ".join(
                   f"{l} {sum((rr['phase1_seconds'] or 0) + rr['phase2_seconds'] for rr in r[l]['rounds']):.0f}"

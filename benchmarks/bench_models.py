@@ -18,19 +18,15 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_models.py`` (or ``mak
 """
 from __future__ import annotations
 
-import json
-import platform
-import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
+from _common import OUT, command, md_table, metadata, provenance_line, write_outputs
 
-from dpmsched import Schedule, denoisers, metrics, solvers
-from dpmsched.checkpoints import CONFIG, DATA_DIR, WEIGHTS, atomic_write_text, git_commit, load_model, read_config
+from dpmsched import Schedule, metrics, models, solvers
+from dpmsched.checkpoints import WEIGHTS, read_config, shipped_models
+from dpmsched.resources import data_dir
 
-OUT = Path(__file__).resolve().parent
 MODELS = ("digits-edm", "digits-ddpm", "toy2d-edm", "digits-classifier")
 STEPS, N_DIGITS, N_TOY, SEED = 18, 1437, 10000, 0
 
@@ -44,12 +40,12 @@ def heun18(model) -> Schedule:
 def timed_samples(model, n):
     sched = heun18(model)
     t0 = time.perf_counter()
-    x = solvers.sample(model, "heun", sched, n, seed=SEED, batch=512, dtype=torch.float64)
+    x = solvers.sample(model, sched, "heun", n, seed=SEED, batch=512, dtype=torch.float64)
     return x, time.perf_counter() - t0, sched
 
 
 def model_row(name: str) -> dict:
-    folder = DATA_DIR / name
+    folder = data_dir() / name
     cfg = read_config(folder)
     tr = cfg.get("training", {})
     return {"model": name, "kind": cfg["kind"], "arch": cfg["arch"], "dataset": cfg.get("dataset"),
@@ -61,7 +57,7 @@ def model_row(name: str) -> dict:
 def digits_quality(model, floor: float, emp_fd: float) -> dict:
     x, secs, sched = timed_samples(model, N_DIGITS)
     r = metrics.frechet_digits(x)
-    return {"solver": "heun", "nfe": sched.nfe("heun"), "sigma_range": [float(sched.sigmas[-2]), float(sched.sigmas[0])],
+    return {"solver": "heun", "nfe": solvers.nfe("heun", sched), "sigma_range": [float(sched.sigmas[-2]), float(sched.sigmas[0])],
             "n_samples": N_DIGITS, "sample_s": round(secs, 2), "fd": r["fd"], "fd_floor": floor,
             "fd_over_floor": r["fd"] / floor, "fd_empirical": emp_fd, "fd_over_empirical": r["fd"] / emp_fd,
             "class_hist": [round(float(v), 4) for v in r["class_hist"]],
@@ -69,14 +65,13 @@ def digits_quality(model, floor: float, emp_fd: float) -> dict:
 
 
 def main():
-    cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_models.py"
     torch.set_num_threads(1)
-    commit = git_commit(short=True)
-    present = [m for m in MODELS if (DATA_DIR / m / CONFIG).is_file()]
+    meta = metadata(command(__file__, []), threads=1)
+    present = [m for m in MODELS if m in shipped_models()]
     missing = [m for m in MODELS if m not in present]
 
     floor = metrics.frechet_digits_floor()
-    emp = denoisers.load("digits-empirical")
+    emp = models.load("digits-empirical")
     x_emp, emp_s, _ = timed_samples(emp, N_DIGITS)
     emp_fd = metrics.frechet_digits(x_emp)["fd"]
     baselines = {"fd_floor_train_vs_test": floor, "fd_empirical_heun18": emp_fd, "empirical_sample_s": round(emp_s, 2)}
@@ -84,15 +79,15 @@ def main():
     rows = []
     for name in present:
         row = model_row(name)
-        model = load_model(name)
+        model = models.load(name)
         if name.startswith("digits-") and row["kind"] != "classifier":
             row.update(digits_quality(model, floor, emp_fd))
         elif row["kind"] == "edm":                                      # a 2-D toy with a known mixture
-            mix = denoisers.load(row["dataset"])
+            mix = models.load(row["dataset"])
             x, secs, sched = timed_samples(model, N_TOY)
             x_exact, _, _ = timed_samples(mix, N_TOY)
             true = mix.sample(N_TOY, torch.Generator().manual_seed(SEED + 7))
-            row.update(solver="heun", nfe=sched.nfe("heun"), n_samples=N_TOY, sample_s=round(secs, 2),
+            row.update(solver="heun", nfe=solvers.nfe("heun", sched), n_samples=N_TOY, sample_s=round(secs, 2),
                        nll=metrics.gmm_nll(x, mix), nll_true=metrics.gmm_nll(true, mix),
                        nll_exact_denoiser=metrics.gmm_nll(x_exact, mix),
                        sw2_to_true=metrics.sliced_wasserstein(x, true),
@@ -104,41 +99,33 @@ def main():
             row["test_accuracy"] = classifier_accuracy(model)
         rows.append(row)
 
-    result = {"command": cmd, "machine": f"{platform.machine()} {platform.processor() or ''} {platform.system()}, "
-              f"torch {torch.__version__}, 1 thread", "python": sys.version.split()[0], "git_commit": commit,
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "baselines": baselines,
-              "models": rows, "missing": missing}
-    atomic_write_text(OUT / "models.json", json.dumps(result, indent=1))
+    result = {**meta, "baselines": baselines, "models": rows, "missing": missing}
 
-    md = ["# Shipped models", "", f"`{cmd}` — git {commit}, {result['date']}, {result['machine']}.", "",
+    md = ["# Shipped models", "", provenance_line(result), "",
           "Training time is the wall time recorded in each `data/<name>/config.json` by "
-          "`python -m dpmsched train` (one torch thread on a shared 2-core machine; resumed runs add up).", "",
-          "| model | kind | params | weights KB | steps | train wall s |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        md.append(f"| {r['model']} | {r['kind']} | {r['params']:,} | {r['weights_bytes'] / 1024:.0f} | "
-                  f"{r['train_steps']} | {r['train_wall_s']} |")
+          "`python -m dpmsched train` (one torch thread on a shared 2-core machine; resumed runs add up).", ""]
+    md += md_table(["model", "kind", "params", "weights KB", "steps", "train wall s"], [
+        [r["model"], r["kind"], f"{r['params']:,}", f"{r['weights_bytes'] / 1024:.0f}", r["train_steps"], r["train_wall_s"]]
+        for r in rows])
     md += ["", f"## Digits: Fréchet-digits distance, Heun 18 steps (35 NFE), {N_DIGITS} samples vs the test split", "",
            f"Floor FD(train split, test split) = **{floor:.2f}**; the empirical ideal denoiser's Heun-18 samples "
            f"(copies of training images) give FD = {emp_fd:.2f} ({emp_fd / floor:.2f}× floor). Target: digits-edm "
-           "≤ 3× floor.", "",
-           "| model | FD | FD / floor | FD / empirical | out-of-[−1,1] pixels | sampling s |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        if "fd" in r:
-            md.append(f"| {r['model']} | {r['fd']:.2f} | {r['fd_over_floor']:.2f} | {r['fd_over_empirical']:.2f} | "
-                      f"{100 * r['out_of_range_frac']:.2f} % | {r['sample_s']} |")
-    md += ["", f"## 2-D toy: GMM NLL (nats/sample) of {N_TOY} samples under the true mixture", "",
-           "| model | NLL samples | NLL true samples | NLL exact-denoiser Heun-18 | Δ vs true | SW₂ to true | SW₂ exact→true |",
-           "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "nll" in r:
-            md.append(f"| {r['model']} | {r['nll']:.4f} | {r['nll_true']:.4f} | {r['nll_exact_denoiser']:.4f} | "
-                      f"{r['nll_minus_true']:+.4f} | {r['sw2_to_true']:.4f} | {r['sw2_exact_denoiser_to_true']:.4f} |")
+           "≤ 3× floor.", ""]
+    md += md_table(["model", "FD", "FD / floor", "FD / empirical", "out-of-[−1,1] pixels", "sampling s"], [
+        [r["model"], f"{r['fd']:.2f}", f"{r['fd_over_floor']:.2f}", f"{r['fd_over_empirical']:.2f}",
+         f"{100 * r['out_of_range_frac']:.2f} %", r["sample_s"]] for r in rows if "fd" in r])
+    md += ["", f"## 2-D toy: GMM NLL (nats/sample) of {N_TOY} samples under the true mixture", ""]
+    md += md_table(["model", "NLL samples", "NLL true samples", "NLL exact-denoiser Heun-18", "Δ vs true", "SW₂ to true",
+                    "SW₂ exact→true"], [
+        [r["model"], f"{r['nll']:.4f}", f"{r['nll_true']:.4f}", f"{r['nll_exact_denoiser']:.4f}",
+         f"{r['nll_minus_true']:+.4f}", f"{r['sw2_to_true']:.4f}", f"{r['sw2_exact_denoiser_to_true']:.4f}"]
+        for r in rows if "nll" in r])
     for r in rows:
         if "test_accuracy" in r:
             md += ["", f"**{r['model']}**: test-split accuracy {r['test_accuracy']:.4f} (target ≥ 0.97)."]
     if missing:
         md += ["", f"Not yet shipped (skipped): {', '.join(missing)}."]
-    atomic_write_text(OUT / "models.md", "\n".join(md) + "\n")
+    write_outputs(OUT / "models", result, md)
     print("\n".join(md))
 
 

@@ -23,26 +23,21 @@ see CONFIG.  Run: ``.venv/bin/python benchmarks/bench_schedules.py [--models dig
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
+from _common import META_KEYS, OUT, command, md_table, metadata, provenance_line, write_outputs
 
 from dpmsched import metrics
-from dpmsched.checkpoints import atomic_write_text, git_commit
-from dpmsched.denoisers import load
+from dpmsched.files import read_json
+from dpmsched.models import load
 from dpmsched.optimize import optimize
 from dpmsched.optimize import teacher as TT
 
-OUT = Path(__file__).resolve().parent
 ROWS = ["karras", "hand-tuned", "huang", "bound-prop", "ots", "gits", "ays", "direct"]
 TRAINING_FREE = ["ots", "gits", "ays"]
 BOUNDS = ["huang", "bound-prop"]
-HAND_RHOS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 14.0, 20.0)
 #: per model: teacher size, held-out size, reference RK4 steps, direct's budget, solvers → NFE lists
 CONFIG = {
     "toy2d-edm": {"n": 128, "grid_points": 128, "heldout": 1024, "ref_steps": 128,
@@ -73,7 +68,7 @@ def _solve(model, sched, z, solver):
 def run_model(name: str, cfg: dict) -> dict:
     model = load(name)
     t0 = time.perf_counter()
-    T = TT.teacher(model, n=cfg["n"], grid_points=cfg["grid_points"], seed=0)
+    TT.teacher(model, n=cfg["n"], grid_points=cfg["grid_points"], seed=0)    # cached: every method below shares it
     teacher_s = time.perf_counter() - t0
     zr, xr = TT.reference_endpoints(model, n=cfg["heldout"], seed=1, steps=cfg["ref_steps"])
     out = {"teacher_s": teacher_s, "teacher": {"n": cfg["n"], "grid_points": cfg["grid_points"], "seed": 0},
@@ -87,9 +82,7 @@ def run_model(name: str, cfg: dict) -> dict:
             steps = nfe                                    # Euler and DPM-Solver++(2M): one call per step
             scheds = {}
             for meth in ROWS:
-                opts = {} if meth in ("karras", "ots") else dict(common)
-                if meth == "hand-tuned":
-                    opts["rhos"] = HAND_RHOS
+                opts = {} if meth in ("karras", "ots") else dict(common)   # hand-tuned: the package's ρ grid
                 if meth == "direct":
                     opts.update(cfg["direct"], init=scheds["hand-tuned"][0])
                 t1 = time.perf_counter()
@@ -120,7 +113,7 @@ def run_model(name: str, cfg: dict) -> dict:
             e_hand, e_dir, e_k = errs["hand-tuned"], errs["direct"], errs["karras"]
             for r in out["rows"][-len(scheds):]:
                 r["ratio_karras"] = r["err"] / e_k
-                r["closure"] = (e_hand - r["err"]) / (e_hand - e_dir) if e_hand - e_dir > 1e-12 else None
+                r["closure"] = metrics.gap_closure(r["err"], e_hand, e_dir)
             print(f"   {solver} NFE {nfe}: " + "  ".join(f"{m} {e:.4f}" for m, e in errs.items()), flush=True)
     return out
 
@@ -148,10 +141,9 @@ def limit_check(res: dict, spec: str, n: int, iters: int, polish: int) -> None:
     wall = time.perf_counter() - t0
     e = metrics.truncation_error(_solve(model, s, zr, solver), xr)
     e_hand = rows["hand-tuned"]["err"]
-    gap = e_hand - e
     d["limit_check"] = {"cell": spec, "direct": {"n": n, "iters": iters, "polish": polish}, "err": e,
                         "train_rmse": s.meta["train_rmse"], "opt_s": wall, "sigmas": [float(v) for v in s.sigmas],
-                        "closure": {m: ((e_hand - r["err"]) / gap if gap > 1e-12 else None) for m, r in rows.items()}}
+                        "closure": {m: metrics.gap_closure(r["err"], e_hand, e) for m, r in rows.items()}}
     print(f"limit check {spec}: direct (n={n}) held-out err {e:.4f} vs hand-tuned {e_hand:.4f}", flush=True)
 
 
@@ -187,10 +179,8 @@ def _fmt(v, f):
 def write(res: dict, meta: dict) -> None:
     tg = targets(res)
     payload = {**meta, "results": res, "targets_digits_nfe5": tg}
-    atomic_write_text(OUT / "schedules.json", json.dumps(payload, indent=1) + "\n")
     md = ["# Schedules: every method vs the same held-out limit", "",
-          f"Command: `{meta['command']}` · machine: {meta['machine']} · commit {meta['git_commit']} · "
-          f"{meta['date']} (each model's own run: see its header)", "",
+          f"{provenance_line(meta)} Each model's own run: see its header.", "",
           "err: held-out RMSE vs an RK4 reference (data units); /karras: ratio to Karras-ρ7 in the same run; "
           "closure = (E_hand − E)/(E_hand − E_direct), E_hand = best hand-made schedule tuned on training "
           "noise (`hand-tuned`), E_direct = the LD3-style direct fit (the empirical limit); opt s: optimizer "
@@ -206,16 +196,15 @@ def write(res: dict, meta: dict) -> None:
                       f"best training-free peer err {t['best_peer_err']:.4f} (≤ every peer: "
                       f"{'met' if t['le_every_peer'] else 'NOT met'})")
         md.append("")
-    for name, d in res.items():
+    for d in res.values():
         if "limit_check" in d:
             lc = d["limit_check"]
             md += [f"## Limit check ({lc['cell']})", "",
                    f"A stronger direct fit ({lc['direct']['n']} training latents, {lc['direct']['iters']} Adam "
                    f"steps, {lc['direct']['polish']} Nelder–Mead evaluations, from the hand-tuned schedule; "
                    f"{lc['opt_s']:.0f} s): held-out err {lc['err']:.4f} (training RMSE {lc['train_rmse']:.4f}). "
-                   "Gap closure of every method against it:", "",
-                   "| method | closure |", "|---|---|"]
-            md += [f"| {m} | {_fmt(c, '.2f')} |" for m, c in lc["closure"].items()] + [""]
+                   "Gap closure of every method against it:", ""]
+            md += md_table(["method", "closure"], [(m, _fmt(c, ".2f")) for m, c in lc["closure"].items()]) + [""]
     for name, d in res.items():
         md += [f"## {name}", "",
                f"Run: `{d.get('command', meta['command'])}`, commit {d.get('git_commit', '?')}, "
@@ -226,32 +215,22 @@ def write(res: dict, meta: dict) -> None:
         for solver in dict.fromkeys(r["solver"] for r in d["rows"]):
             rows = [r for r in d["rows"] if r["solver"] == solver]
             nfes = sorted({r["nfe"] for r in rows})
-            md += [f"### {solver}: held-out error (/karras, closure)", "",
-                   "| method | " + " | ".join(f"NFE {n}" for n in nfes) + " | opt s (NFE 5 or first) |",
-                   "|---|" + "---|" * (len(nfes) + 1)]
-            for meth in ROWS:
-                cells, wall = [], None
-                for n in nfes:
-                    r = next(r for r in rows if r["method"] == meth and r["nfe"] == n)
-                    cells.append(f"{r['err']:.4f} ({r['ratio_karras']:.2f}, {_fmt(r['closure'], '.2f')})")
-                    if wall is None or n == 5:
-                        wall = r["opt_s"]
-                md.append(f"| {meth} | " + " | ".join(cells) + f" | {wall:.2f} |")
-            md += ["", f"{d['metric_name']} of the held-out endpoints:", "",
-                   "| method | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|" + "---|" * len(nfes)]
-            for meth in ROWS:
-                md.append(f"| {meth} | " + " | ".join(
-                    f"{next(r for r in rows if r['method'] == meth and r['nfe'] == n)['metric']:.3f}" for n in nfes)
-                    + " |")
+            cell = {(r["method"], r["nfe"]): r for r in rows}
+            cols = [f"NFE {n}" for n in nfes]
+            wall = {m: cell[m, 5 if 5 in nfes else nfes[0]]["opt_s"] for m in ROWS}
+            md += [f"### {solver}: held-out error (/karras, closure)", ""]
+            md += md_table(["method", *cols, "opt s (NFE 5 or first)"], [
+                [m, *(f"{cell[m, n]['err']:.4f} ({cell[m, n]['ratio_karras']:.2f}, {_fmt(cell[m, n]['closure'], '.2f')})"
+                      for n in nfes), f"{wall[m]:.2f}"] for m in ROWS])
+            md += ["", f"{d['metric_name']} of the held-out endpoints:", ""]
+            md += md_table(["method", *cols], [[m, *(f"{cell[m, n]['metric']:.3f}" for n in nfes)] for m in ROWS])
             md.append("")
         if d.get("variants"):
-            md += ["### Variants (same run, same held-out noise; not in the method comparison)", "",
-                   "| variant | solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
-                   "|---|---|" + "---|" * len(nfes)]
-            for label, solver in dict.fromkeys((v["variant"], v["solver"]) for v in d["variants"]):
-                vals = {v["nfe"]: v for v in d["variants"] if v["variant"] == label and v["solver"] == solver}
-                md.append(f"| {label} | {solver} | " + " | ".join(
-                    f"{vals[n]['err']:.4f} / {vals[n]['metric']:.3f}" if n in vals else "—" for n in nfes) + " |")
+            var = {(v["variant"], v["solver"], v["nfe"]): f"{v['err']:.4f} / {v['metric']:.3f}" for v in d["variants"]}
+            md += ["### Variants (same run, same held-out noise; not in the method comparison)", ""]
+            md += md_table(["variant", "solver", *(f"NFE {n}" for n in nfes)], [
+                [label, solver, *(var.get((label, solver, n), "—") for n in nfes)]
+                for label, solver in dict.fromkeys((v["variant"], v["solver"]) for v in d["variants"])])
             md += ["", f"Cells: held-out err / {d['metric_name']}.", ""]
         if "ays" in d:
             a = d["ays"]
@@ -259,7 +238,7 @@ def write(res: dict, meta: dict) -> None:
                    f"(10, 20, 40 steps) at most {a['sweeps']}; {a['seconds']:.0f} s for the 40-step schedule, which "
                    "every NFE then interpolates. KLUB after each pass, per level: "
                    + "; ".join(" → ".join(f"{v:.3g}" for v in h) for h in a["history"]) + ".", ""]
-    atomic_write_text(OUT / "schedules.md", "\n".join(md) + "\n")
+    write_outputs(OUT / "schedules", payload, md)
 
 
 def main(argv=None) -> int:
@@ -278,24 +257,19 @@ def main(argv=None) -> int:
     if bad:
         raise ValueError(f"unknown model(s) {bad}; expected names from {sorted(CONFIG)}")
     torch.set_num_threads(1)
-    meta = {"command": "python benchmarks/bench_schedules.py" + (" " + " ".join(argv) if argv else ""),
-            "machine": f"{platform.machine()} {platform.processor() or ''} {platform.system()}, torch "
-                       f"{torch.__version__}, 1 thread".replace("  ", " "),
-            "git_commit": git_commit(short=True),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": CONFIG}
+    meta = {**metadata(command(__file__, argv), threads=1), "config": CONFIG}
     res, prev = {}, OUT / "schedules.json"
     if a.limit_check:
-        old_payload = json.loads(prev.read_text())
+        old_payload = read_json(prev, "benchmark results")
         res = old_payload["results"]
         limit_check(res, a.limit_check, a.limit_n, a.limit_iters, a.limit_polish)
-        keep = {k: old_payload[k] for k in ("command", "machine", "git_commit", "date", "config")}
+        keep = {k: old_payload[k] for k in (*META_KEYS, "config") if k in old_payload}
         write(res, {**keep, "limit_check_command": meta["command"]})
         return 0
     for name in names:
-        res[name] = {"command": meta["command"], "git_commit": meta["git_commit"], "date": meta["date"],
-                     **run_model(name, CONFIG[name])}
+        res[name] = {**{k: meta[k] for k in META_KEYS}, **run_model(name, CONFIG[name])}
         if a.keep_others and prev.exists():              # models not re-run keep their earlier rows
-            old = json.loads(prev.read_text())["results"]
+            old = read_json(prev, "benchmark results")["results"]
             res = {**{k: v for k, v in old.items() if k not in names}, **res}
         write(res, meta)
     return 0

@@ -1,6 +1,6 @@
 """Skip-Tuning on the shipped digits UNet.  Writes benchmarks/skiptune.json and skiptune.md.
 
-ALGORITHMS.md §5.  Model ``digits-edm``; score: Fréchet-digits distance (``skiptune.fd_score`` =
+docs/math.md §5.  Model ``digits-edm``; score: Fréchet-digits distance (``skiptune.fd_score`` =
 ``metrics.frechet_digits`` against the 360 test digits) of ``N`` samples; every cell of a grid uses the
 same noise (seed 0), so the cells are a paired comparison.
 
@@ -19,20 +19,16 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_skiptune.py [--worker
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _common import OUT, command, md_table, metadata, provenance_line, write_json, write_md
 
-from dpmsched import Schedule, data, denoisers, skiptune, solvers
-from dpmsched.checkpoints import atomic_write_text, git_commit
+from dpmsched import Schedule, data, models, skiptune, solvers
+from dpmsched.files import read_json
 
-OUT = Path(__file__).resolve().parent
 MODEL = "digits-edm"
 SOLVERS = ("euler", "dpmpp_2m")
 NFES = (5, 10)
@@ -64,7 +60,7 @@ def edm_losses(den, rho_pairs, seed: int = 0) -> dict:
 def fd_at(den, sched, solver, rho_top, rho_bottom, n, seed) -> float:
     """FD of ``n`` samples (noise of ``seed``) with Skip-Tuning (ρ_top, ρ_bottom) on ``sched``."""
     with skiptune.skip_tuning(den, rho_top, rho_bottom) as d:
-        return skiptune.fd_score(solvers.sample(d, solver, sched, n, seed=seed, dtype=torch.float32))
+        return skiptune.fd_score(solvers.sample(d, sched, solver, n, seed=seed, dtype=torch.float32))
 
 
 def fresh_check(den, sched, solver, best, n, seeds) -> dict:
@@ -90,27 +86,24 @@ def main(argv=None):
                    help="re-run only these optimizers' rows and replace them in the existing skiptune.json")
     a = p.parse_args(argv)
     if a.md_only:
-        return write_md(json.loads((OUT / "skiptune.json").read_text()))
+        return write_report(read_json(OUT / "skiptune.json", "benchmark results"))
     torch.set_num_threads(1)
+    meta = metadata(command(__file__, argv), threads=1, workers=a.workers)
     if a.redo_methods:
-        return redo_methods(a.redo_methods.split(","), a.workers)
+        return redo_methods(a.redo_methods.split(","), a.workers, meta)
     global DIAG
     if a.quick:
         DIAG = DIAG[:1]
     n, rho, methods, fresh = (128, RHO_OPT, METHODS[:1], 1) if a.quick else (N, RHO, METHODS, FRESH)
-    cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_skiptune.py" + (" --quick" if a.quick else "") + \
-        (f" --workers {a.workers}" if a.workers > 1 else "")
-    den = denoisers.load(MODEL).eval()
+    den = models.load(MODEL).eval()
     t_all = time.perf_counter()
-    result = {"command": cmd, "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
-              f"1 thread x {a.workers} worker(s)", "python": sys.version.split()[0], "git_commit": git_commit(),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": MODEL, "n": n, "seed": SEED,
+    result = {**meta, "model": MODEL, "n": n, "seed": SEED,
               "per": "skip", "score": "frechet_digits vs test split (360)", "karras": [], "optimized": [],
               "optimized_failed": {}}
     json_path = Path(tempfile.gettempdir()) / "skiptune_quick.json" if a.quick else OUT / "skiptune.json"
 
     def dump():
-        atomic_write_text(json_path, json.dumps(result, indent=1))
+        write_json(json_path, result)
 
     for solver in SOLVERS:
         for nfe in NFES:
@@ -130,34 +123,32 @@ def main(argv=None):
     result["seconds"] = round(time.perf_counter() - t_all, 1)
     dump()
     if not a.quick:
-        write_md(result)
+        write_report(result)
 
 
-def redo_methods(methods, workers: int) -> None:
+def redo_methods(methods, workers: int, meta: dict) -> None:
     """Re-measure the optimized-schedule rows of ``methods`` in benchmarks/skiptune.json (after an
     optimizer changed), keeping every other row; the redo is recorded under ``redone``."""
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"--redo-methods: unknown {bad}; expected some of {METHODS}")
-    result = json.loads((OUT / "skiptune.json").read_text())
+    result = read_json(OUT / "skiptune.json", "benchmark results")
     result["optimized"] = [r for r in result["optimized"] if r["method"] not in methods]
     for m in methods:
         result["optimized_failed"] = {k: v for k, v in result["optimized_failed"].items() if not k.startswith(m + "@")}
     t0 = time.perf_counter()
-    den = denoisers.load(MODEL).eval()
+    den = models.load(MODEL).eval()
 
     def dump():
-        atomic_write_text(OUT / "skiptune.json", json.dumps(result, indent=1))
+        write_json(OUT / "skiptune.json", result)
 
     optimized_rows(den, methods, result["n"], workers, result, dump)
-    result.setdefault("redone", []).append({
-        "methods": list(methods), "git_commit": git_commit(), "seconds": round(time.perf_counter() - t0, 1),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_skiptune.py --redo-methods {','.join(methods)}"})
+    result.setdefault("redone", []).append({"methods": list(methods), "seconds": round(time.perf_counter() - t0, 1),
+                                            **meta})
     order = {m: i for i, m in enumerate(METHODS)}
     result["optimized"].sort(key=lambda r: (order[r["method"]], r["nfe"]))
     dump()
-    write_md(result)
+    write_report(result)
 
 
 def optimized_rows(den, methods, n: int, workers: int, result: dict, dump) -> None:
@@ -190,9 +181,9 @@ def _subgrid_best(row: dict, rhos) -> dict:
     return {"rho_top": t, "rho_bottom": b, "score": sc}
 
 
-def write_md(r: dict, path: Path = OUT / "skiptune.md"):
-    md = ["# Skip-Tuning (notebook 05)", "",
-          f"`{r['command']}` — git {r['git_commit']}, {r['date']}, {r['machine']}; {r['seconds']:.0f} s.", "",
+def write_report(r: dict, path: Path | None = None):
+    """skiptune.md (or ``path``) from the results ``r`` of :func:`main`."""
+    md = ["# Skip-Tuning (notebook 05)", "", f"{provenance_line(r)} {r['seconds']:.0f} s in all.", "",
           f"Model `{r['model']}`; score = Fréchet-digits distance (lower is better) of {r['n']} samples against the "
           "360 test digits; every cell of a grid uses the same noise (seed 0). ρ interpolated per skip from "
           "ρ_bottom (deepest) to ρ_top (input conv), constant in σ. Ratio = plain FD / tuned FD (> 1: Skip-Tuning "
@@ -200,48 +191,46 @@ def write_md(r: dict, path: Path = OUT / "skiptune.md"):
     md += [f"Rows of {', '.join(x['methods'])} re-measured after an optimizer changed: `{x['command']}` — git "
            f"{x['git_commit']}, {x['date']}; {x['seconds']:.0f} s." for x in r.get("redone", [])]
     md += [""] if r.get("redone") else []
-    md += ["## Best (ρ_top, ρ_bottom) on EDM's Karras ρ = 7 schedule", "",
-          "| solver | NFE | plain FD | best ρ_top, ρ_bottom | tuned FD | ratio | fresh seeds: plain → tuned | tuned better |",
-          "|---|---|---|---|---|---|---|---|"]
-    for k in r["karras"]:
-        f = k["fresh"]
-        pairs = ", ".join(f"{a:.1f}→{b:.1f}" for a, b in zip(f["plain"], f["tuned"]))
-        md.append(f"| {k['solver']} | {k['nfe']} | {k['baseline']:.2f} | {k['best']['rho_top']:g}, "
-                  f"{k['best']['rho_bottom']:g} | {k['best']['score']:.2f} | {k['improvement']:.2f} | {pairs} | "
-                  f"{f['tuned_better']}/{len(f['seeds'])} |")
+    md += ["## Best (ρ_top, ρ_bottom) on EDM's Karras ρ = 7 schedule", ""]
+    md += md_table(["solver", "NFE", "plain FD", "best ρ_top, ρ_bottom", "tuned FD", "ratio", "fresh seeds: plain → tuned",
+                    "tuned better"], [
+        [k["solver"], k["nfe"], f"{k['baseline']:.2f}", _rhos(k["best"]), f"{k['best']['score']:.2f}",
+         f"{k['improvement']:.2f}", ", ".join(f"{a:.1f}→{b:.1f}" for a, b in zip(k["fresh"]["plain"], k["fresh"]["tuned"])),
+         f"{k['fresh']['tuned_better']}/{len(k['fresh']['seeds'])}"] for k in r["karras"]])
     on_edge = [k for k in r["karras"] if min(k["best"]["rho_top"], k["best"]["rho_bottom"]) == min(k["rho_top"])]
     if on_edge:
         md += ["", f"{len(on_edge)} of {len(r['karras'])} optima lie on the edge of the grid (ρ = "
                f"{min(r['karras'][0]['rho_top']):g}). Beyond it, on the diagonal ρ_top = ρ_bottom (same noise as the grid):"]
     diag = list(r["karras"][0]["diagonal"])
-    md += ["", "| solver | NFE | plain | grid best | " + " | ".join(f"ρ = {v}" for v in diag) + " |",
-           "|---|---|---|---|" + "---|" * len(diag)]
-    for k in r["karras"]:
-        md.append(f"| {k['solver']} | {k['nfe']} | {k['baseline']:.2f} | {k['best']['score']:.2f} | "
-                  + " | ".join(f"{k['diagonal'][v]:.2f}" for v in diag) + " |")
-    md += ["", "## Combined with optimized schedules (Euler; grid ρ ∈ {1, 0.75, 0.5}², Karras read off the same sub-grid)", "",
-           "| schedule | NFE | plain FD | best ρ_top, ρ_bottom | tuned FD | ratio | plain FD / Karras plain FD |",
-           "|---|---|---|---|---|---|---|"]
+    md += [""] + md_table(["solver", "NFE", "plain", "grid best", *(f"ρ = {v}" for v in diag)], [
+        [k["solver"], k["nfe"], f"{k['baseline']:.2f}", f"{k['best']['score']:.2f}",
+         *(f"{k['diagonal'][v]:.2f}" for v in diag)] for k in r["karras"]])
+    md += ["", "## Combined with optimized schedules (Euler; grid ρ ∈ {1, 0.75, 0.5}², Karras read off the same sub-grid)", ""]
     kar = {k["nfe"]: k["baseline"] for k in r["karras"] if k["solver"] == "euler"}
+    rows = []
     for k in r["karras"]:
         if k["solver"] == "euler":
             sub = _subgrid_best(k, r["optimized"][0]["rho_top"] if r["optimized"] else k["rho_top"])
-            md.append(f"| karras ρ=7 | {k['nfe']} | {k['baseline']:.2f} | {sub['rho_top']:g}, {sub['rho_bottom']:g} | "
-                      f"{sub['score']:.2f} | {k['baseline'] / sub['score']:.2f} | 1.00 |")
-    for k in r["optimized"]:
-        md.append(f"| {k['method']} | {k['nfe']} | {k['baseline']:.2f} | {k['best']['rho_top']:g}, "
-                  f"{k['best']['rho_bottom']:g} | {k['best']['score']:.2f} | {k['improvement']:.2f} | "
-                  f"{k['baseline'] / kar[k['nfe']]:.2f} |")
-    for name, err in r["optimized_failed"].items():
-        md.append(f"| {name} | failed: {err[:80]} | | | | | |")
+            rows.append(["karras ρ=7", k["nfe"], f"{k['baseline']:.2f}", _rhos(sub), f"{sub['score']:.2f}",
+                         f"{k['baseline'] / sub['score']:.2f}", "1.00"])
+    rows += [[k["method"], k["nfe"], f"{k['baseline']:.2f}", _rhos(k["best"]), f"{k['best']['score']:.2f}",
+              f"{k['improvement']:.2f}", f"{k['baseline'] / kar[k['nfe']]:.2f}"] for k in r["optimized"]]
+    rows += [[name, f"failed: {err[:80]}", "", "", "", "", ""] for name, err in r["optimized_failed"].items()]
+    md += md_table(["schedule", "NFE", "plain FD", "best ρ_top, ρ_bottom", "tuned FD", "ratio",
+                    "plain FD / Karras plain FD"], rows)
     md += ["", "## Denoising loss vs sample quality", "",
            "EDM training loss (`train.edm_loss`, the objective the model was trained on) on the 360 test digits, "
-           "same σ and ε for every row:", "", "| ρ_top, ρ_bottom | EDM loss | vs plain |", "|---|---|---|"]
+           "same σ and ε for every row:", ""]
     base = r["edm_loss"]["1,1"]
-    for key, v in r["edm_loss"].items():
-        md.append(f"| {key} | {v:.4f} | {v / base:.2f}× |")
-    atomic_write_text(path, "\n".join(md) + "\n")
+    md += md_table(["ρ_top, ρ_bottom", "EDM loss", "vs plain"],
+                   [[key, f"{v:.4f}", f"{v / base:.2f}×"] for key, v in r["edm_loss"].items()])
+    write_md(OUT / "skiptune.md" if path is None else path, md)
     print("\n".join(md))
+
+
+def _rhos(cell: dict) -> str:
+    """"ρ_top, ρ_bottom" of a grid cell."""
+    return f"{cell['rho_top']:g}, {cell['rho_bottom']:g}"
 
 
 if __name__ == "__main__":

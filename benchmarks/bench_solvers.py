@@ -13,21 +13,16 @@ Run: ``.venv/bin/python benchmarks/bench_solvers.py`` (or ``make bench``).
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _common import OUT, command, md_table, metadata, provenance_line, write_outputs
 
-from dpmsched import Schedule, denoisers, solvers
-from dpmsched.checkpoints import atomic_write_text, git_commit
+from dpmsched import Schedule, models, solvers
 
-OUT = Path(__file__).resolve().parent
 STEPS, BATCH, REPEATS = 10, 256, 7
 CASES = [("euler", {}), ("ddim", {"eta": 1.0}), ("heun", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}),
          ("unipc", {}), ("ipndm", {}), ("sa_solver", {}), ("sa_solver", {"tau": 0.0})]
@@ -49,7 +44,7 @@ def overhead(den, dtype, label):
         for name, opts in CASES:
             kw = dict(opts, generator=torch.Generator().manual_seed(1)) if name in ("ddim", "sa_solver") else opts
             fn = solvers.get(name)
-            n = sched.nfe(name, **opts)
+            n = solvers.nfe(name, sched, **opts)
             walls, raws = [], []
             for _ in range(REPEATS):                                  # interleaved; min = least disturbed
                 t0 = time.perf_counter()
@@ -74,13 +69,13 @@ def overhead(den, dtype, label):
 
 
 def agreement(folder):
-    from dpmsched.denoisers.adapters import DIFFUSERS_COUNTERPARTS, compare_with_diffusers
+    from dpmsched.adapters import DIFFUSERS_COUNTERPARTS, compare_with_diffusers
 
     rows = []
     z64 = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    d64 = denoisers.load(str(folder))
+    d64 = models.load(str(folder))
     d64.model.unet.double()
-    d32 = denoisers.load(str(folder))
+    d32 = models.load(str(folder))
     for case in sorted(DIFFUSERS_COUNTERPARTS):
         ours64, _, rel64 = compare_with_diffusers(d64, case, 8, z64)
         ours32, _, rel32 = compare_with_diffusers(d32, case, 8, z64.float(), reference=ours64)
@@ -92,49 +87,41 @@ def agreement(folder):
 
 def main():
     torch.set_num_threads(1)
-    cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_solvers.py"
-    commit = git_commit(short=True)
+    meta = metadata(command(__file__, []), threads=1)
     rows, agree = [], []
     load_before = os.getloadavg()[0]
     try:
-        from dpmsched.denoisers.adapters import tiny_unet_folder
+        from dpmsched.adapters import tiny_unet_folder
 
         with tempfile.TemporaryDirectory() as tmp:
             folder = tiny_unet_folder(Path(tmp) / "tiny")
-            rows += overhead(denoisers.load(str(folder)), torch.float32, "tiny-unet fp32")
+            rows += overhead(models.load(str(folder)), torch.float32, "tiny-unet fp32")
             agree = agreement(folder)
     except ImportError as e:
         print(f"diffusers absent, skipping the UNet rows: {e}")
-    rows += overhead(denoisers.load("digits-empirical"), torch.float64, "digits-empirical")
-    result = {"command": cmd, "machine": f"{platform.machine()} {platform.processor() or ''} {platform.system()}, "
-              f"torch {torch.__version__}, 1 thread", "python": sys.version.split()[0], "git_commit": commit,
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "steps": STEPS, "batch": BATCH,
+    rows += overhead(models.load("digits-empirical"), torch.float64, "digits-empirical")
+    result = {**meta, "steps": STEPS, "batch": BATCH,
               "load_average_1min": [load_before, os.getloadavg()[0]],
               "overhead": rows, "diffusers_agreement": agree}
-    atomic_write_text(OUT / "solvers.json", json.dumps(result, indent=1))
-    md = [f"# Solver benchmarks", "", f"`{cmd}` — git {commit}, {result['date']}, {result['machine']}.", "",
+    md = ["# Solver benchmarks", "", provenance_line(result), "",
           f"## Overhead: wall time / (NFE × raw denoiser call), {STEPS} steps, batch {BATCH} of 1×8×8 (target ≤ 1.05)",
           "", "`overhead` = wall / (NFE × call), both the minimum of 7 interleaved runs.  On a shared machine it is",
           "only as good as the machine was quiet (1-minute load average {:.1f} at the start, {:.1f} at the end, on {} cores):".format(
               load_before, result["load_average_1min"][1], os.cpu_count()),
           "a value below 1 is impossible and shows the timing noise.  `bookkeeping ms` is the same solver with a free",
           "denoiser (returns x): the solver's own arithmetic, and `1 + bookkeeping/(NFE × call)` the overhead it implies —",
-          "the robust figure.",
-          "", "| denoiser | solver | options | NFE | wall ms | call ms | overhead | bookkeeping ms | 1 + bookkeeping/(NFE·call) |",
-          "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        md.append(f"| {r['denoiser']} | {r['solver']} | {r['opts'] or ''} | {r['nfe']} | {r['wall_s'] * 1e3:.2f} | "
-                  f"{r['call_s'] * 1e3:.3f} | {r['overhead']:.3f} | {r['bookkeeping_s'] * 1e3:.2f} | "
-                  f"{r['overhead_from_bookkeeping']:.3f} |")
+          "the robust figure.", ""]
+    md += md_table(["denoiser", "solver", "options", "NFE", "wall ms", "call ms", "overhead", "bookkeeping ms",
+                    "1 + bookkeeping/(NFE·call)"], [
+        [r["denoiser"], r["solver"], r["opts"] or "", r["nfe"], f"{r['wall_s'] * 1e3:.2f}", f"{r['call_s'] * 1e3:.3f}",
+         f"{r['overhead']:.3f}", f"{r['bookkeeping_s'] * 1e3:.2f}", f"{r['overhead_from_bookkeeping']:.3f}"]
+        for r in rows])
     if agree:
-        md += ["", "## Agreement with diffusers (tiny random UNet2DModel, 8 steps): max|Δ| / max|diffusers|", "",
-               "| pair | float64 both | diffusers float32 vs ours float64 | ours float32 vs ours float64 |",
-               "|---|---|---|---|"]
-        for r in agree:
-            md.append(f"| {r['case']} | {r['rel_float64']:.1e} | {r['rel_diffusers_float32']:.1e} | "
-                      f"{r['rel_ours_float32']:.1e} |")
-    atomic_write_text(OUT / "solvers.md", "\n".join(md) + "\n")
-    print(f"wrote {OUT / 'solvers.json'} and {OUT / 'solvers.md'}")
+        md += ["", "## Agreement with diffusers (tiny random UNet2DModel, 8 steps): max|Δ| / max|diffusers|", ""]
+        md += md_table(["pair", "float64 both", "diffusers float32 vs ours float64", "ours float32 vs ours float64"], [
+            [r["case"], f"{r['rel_float64']:.1e}", f"{r['rel_diffusers_float32']:.1e}", f"{r['rel_ours_float32']:.1e}"]
+            for r in agree])
+    print("wrote {} and {}".format(*write_outputs(OUT / "solvers", result, md)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Running notebooks unattended: parameter checks, results files, the demo run.  (DESIGN.md §4, §6)
+"""Running notebooks unattended: parameter checks, results files, the demo run.
 
 Notebook conventions (every notebook in ``notebooks/`` follows them):
 
@@ -20,10 +20,10 @@ import math
 import time
 from pathlib import Path
 
-from .checkpoints import atomic_write_text
+from .files import atomic_write_text
 
 __all__ = ["check_parameters", "save_results", "run_notebook", "run_all", "summary_table", "last_line", "md_cell",
-           "strip_notebook", "cli_demo", "cli_strip", "DEFAULT_CELL_TIMEOUT"]
+           "strip_notebook", "DEFAULT_CELL_TIMEOUT"]
 
 #: seconds one cell may run in the demo and in sweeps before its run fails; a kernel that stops answering
 #: (seen once in a sweep on the shared machine) then costs this long instead of stalling everything
@@ -32,12 +32,14 @@ DEFAULT_CELL_TIMEOUT = 600.0
 _IPY_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
 
-def check_parameters(namespace: dict) -> dict:
+def check_parameters(namespace: dict, *, positive=(), nonnegative=()) -> dict:
     """Validate the notebook's parameters against the annotations of its ``parameters`` cell.
 
     Call it in the cell right after the parameters cell (and papermill's injected cell).  Raises
     ``TypeError`` for a value whose type does not match its annotation (an int is accepted for a
-    float; a bool is never an int), and ``NameError`` for a name that is not a declared parameter.
+    float; a bool is never an int), ``NameError`` for a name that is not a declared parameter, and
+    ``ValueError`` for a parameter named in ``positive`` (must be > 0) or ``nonnegative`` (≥ 0) that is not —
+    so ``n_samples = 0`` stops in this cell, by name, not twenty cells later.
     Returns ``{name: value}`` of the declared parameters.
     """
     ann = dict(namespace.get("__annotations__", {}))
@@ -58,6 +60,12 @@ def check_parameters(namespace: dict) -> dict:
             tname = getattr(typ, "__name__", str(typ))
             raise TypeError(f"parameter {name!r} must be {tname}, got {type(v).__name__} {v!r}")
         out[name] = v
+    for names, ok, want in ((positive, lambda v: v > 0, "> 0"), (nonnegative, lambda v: v >= 0, ">= 0")):
+        for name in names:
+            if name not in out:
+                raise NameError(f"check_parameters: {name!r} is not a parameter of this notebook")
+            if not ok(out[name]):
+                raise ValueError(f"parameter {name!r} must be {want}, got {out[name]!r}")
     return out
 
 
@@ -195,42 +203,5 @@ def strip_notebook(path, refresh: bool = False) -> bool:
     nb.metadata.pop("papermill", None)
     after = nbformat.writes(nb) + "\n"
     if after != before:
-        path.write_text(after, encoding="utf-8")
+        atomic_write_text(path, after)
     return after != before
-
-
-def cli_strip(argv: list[str]) -> int:
-    """``python -m dpmsched strip [--refresh] NOTEBOOK...``: store notebooks without outputs."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m dpmsched strip", description=cli_strip.__doc__)
-    p.add_argument("notebooks", nargs="+")
-    p.add_argument("--refresh", action="store_true",
-                   help="re-execute and store the outputs of NBVAL_CHECK_OUTPUT cells")
-    a = p.parse_args(argv)
-    for nb in a.notebooks:
-        print(f"{nb}: {'stripped' if strip_notebook(nb, a.refresh) else 'unchanged'}")
-    return 0
-
-
-def cli_demo(argv: list[str]) -> int:
-    """``python -m dpmsched demo [--out runs] [notebooks...]``: run the notebook series (CPU defaults)."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m dpmsched demo", description=cli_demo.__doc__)
-    p.add_argument("notebooks", nargs="*", help="default: notebooks/[0-9]*.ipynb")
-    p.add_argument("--out", default="runs", help="output folder (default: runs)")
-    a = p.parse_args(argv)
-    nbs = [Path(n) for n in a.notebooks] or sorted(Path("notebooks").glob("[0-9]*.ipynb"))
-    if not nbs:
-        print("no notebooks found")
-        return 1
-    rows = run_all(nbs, a.out)
-    table = summary_table(rows)
-    atomic_write_text(Path(a.out) / "summary.md", table + "\n")
-    print("\n" + table)
-    print(f"\nexecuted notebooks: {Path(a.out).resolve()}/\nfigures:            {Path(a.out).resolve()}/figures/")
-    for r in rows:
-        if r["error"]:
-            print(f"\n{r['notebook']} failed:\n{r['error']}")
-    return 1 if any(r["error"] for r in rows) else 0

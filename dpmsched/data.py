@@ -1,4 +1,4 @@
-"""Offline data: 2-D toy mixtures with exact denoisers, and sklearn's 8×8 digits.  (DESIGN.md §5)
+"""Offline data: 2-D toy mixtures with exact denoisers, and sklearn's 8×8 digits.
 
 Nothing is downloaded: the digits ship with scikit-learn.
 """

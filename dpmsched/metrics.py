@@ -1,7 +1,8 @@
-"""Sample-quality and error metrics.  (DESIGN.md §1; ALGORITHMS.md §9.4)
+"""Sample-quality and error metrics.  (docs/math.md §9.4)
 
 * :func:`truncation_error` — RMSE of a few-step solve against the reference solve from the same noise
-  (what a schedule optimizer tries to minimise; in data units).
+  (what a schedule optimizer tries to minimise; in data units); :func:`gap_closure` — how much of the gap
+  between the best hand-made schedule and the limit a method closes.
 * :func:`sliced_wasserstein` — SW₂ between two sample sets (any dimension).
 * :func:`gmm_nll` — exact negative log-likelihood of samples under a known mixture (nats per sample).
 * :func:`frechet_distance` — the Fréchet distance between Gaussians fitted to two feature sets.
@@ -11,11 +12,12 @@
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-__all__ = ["truncation_error", "sliced_wasserstein", "gmm_nll", "frechet_distance", "frechet_digits",
+from .checkpoints import load_model
+from .data import digits
+
+__all__ = ["truncation_error", "gap_closure", "sliced_wasserstein", "gmm_nll", "frechet_distance", "frechet_digits",
            "frechet_digits_floor", "digits_features"]
 
 
@@ -36,6 +38,14 @@ def truncation_error(x: torch.Tensor, x_ref: torch.Tensor, per_sample: bool = Fa
     if not torch.isfinite(d2).all():
         raise ValueError("truncation_error got NaN/Inf samples")
     return d2.mean(1).sqrt() if per_sample else float(d2.mean().sqrt())
+
+
+def gap_closure(error: float, error_hand: float, error_limit: float, tol: float = 1e-12) -> float | None:
+    """Gap closure (E_hand − E)/(E_hand − E_limit): 1 reaches the limit, 0 is no better than the best hand-made
+    schedule, negative is worse; None when there is no gap (E_hand − E_limit ≤ ``tol``: the limit does not
+    beat the hand-made schedule, so closure is undefined)."""
+    gap = float(error_hand) - float(error_limit)
+    return (float(error_hand) - float(error)) / gap if gap > tol else None
 
 
 def _quantiles(v: torch.Tensor, n: int) -> torch.Tensor:
@@ -120,8 +130,6 @@ def _classifier(classifier):
     if not isinstance(classifier, str):
         return classifier
     if classifier not in _CLASSIFIER:
-        from .checkpoints import load_model
-
         clf = load_model(classifier)
         if not hasattr(clf, "features"):
             raise ValueError(f"{classifier!r} is not a classifier checkpoint (it has no .features)")
@@ -132,8 +140,6 @@ def _classifier(classifier):
 def _digits_images(x, what: str) -> torch.Tensor:
     """Images (M, 1, 8, 8) from a tensor/array or a digits split name ("train", "test", "all")."""
     if isinstance(x, str):
-        from .data import digits
-
         return digits(x)
     x = torch.as_tensor(x)
     if x.ndim == 3:

@@ -1,4 +1,4 @@
-"""Noise-level conventions: EDM σ ↔ λ = −log σ ↔ VP (α_t, σ_t, t).  (ALGORITHMS.md §0.1, §0.4)
+"""Noise-level conventions: EDM σ ↔ λ = −log σ ↔ VP (α_t, σ_t, t).  (docs/math.md §0.1, §0.4)
 
 Everything in dpmsched stores a schedule as **EDM σ** (float64).  A VP model sees
 ``x_t = α_t x0 + σ_t ε`` with ``α_t² + σ_t² = 1``; dividing by α_t gives EDM coordinates
@@ -107,7 +107,7 @@ class DiscreteVP:
     alphas_cumprod: np.ndarray
 
     @classmethod
-    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "DiscreteVP":
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteVP:
         return cls(np.cumprod(1.0 - linear_betas(T, beta_start, beta_end)))
 
     def __post_init__(self):

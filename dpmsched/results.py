@@ -1,5 +1,5 @@
 """The benchmark table: read measured rows, pivot them, plot them, and write the README's results section.
-(issue 7; notebook 07)
+(notebook 07; the command is :mod:`dpmsched.cli.results`)
 
 A *row* is one measured schedule::
 
@@ -21,8 +21,11 @@ import json
 import math
 from pathlib import Path
 
+from .files import atomic_write_text
+from .report import load_records
+
 __all__ = ["load_rows", "pivot", "pivot_markdown", "headline_markdown", "headline_figure", "update_readme",
-           "cli_results"]
+           "BEGIN", "END"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 HEADLINE_NFES = (4, 5, 6, 10)
@@ -66,8 +69,6 @@ def load_rows(source) -> tuple[list[dict], dict]:
     if not p.exists():
         raise FileNotFoundError(f"no benchmark results at {p}: run `make bench` (or a sweep of notebook 07: make sweep GRID=sweeps/benchmark.yaml)")
     if p.is_dir():
-        from .sweep import load_records
-
         ok = [r for recs in load_records(p).values() for r in recs
               if r["status"] == "ok" and (r.get("results") or {}).get("rows")]
         rows = [row for r in ok for row in r["results"]["rows"]]
@@ -114,7 +115,7 @@ def pivot_markdown(rows: list[dict], value: str = "error", model: str | None = N
         r = [tab[m][n] / base[n] for n in nfes if n in tab[m] and base.get(n)]
         return sum(r) / len(r) if r else math.inf
 
-    lines = [f"| method | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---" * (len(nfes) + 1) + "|"]
+    lines = ["| method | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---" * (len(nfes) + 1) + "|"]
     for m in sorted(tab, key=score):
         lines.append(f"| {m} | " + " | ".join(_fmt(tab[m].get(n), base.get(n)) for n in nfes) + " |")
     return "\n".join(lines)
@@ -162,8 +163,10 @@ def headline_figure(rows: list[dict], path=None, solver: str = "euler"):
             n = sorted(d)
             ax.plot(n, [d[k] for k in n], "o-" if m not in ("karras", "direct") else "s--", label=m, lw=1.2,
                     ms=3.5)
-        ax.set_xscale("log"); ax.set_yscale("log")
-        ax.set_xlabel("NFE"); ax.set_ylabel("truncation error (RMSE)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel("truncation error (RMSE)")
         ax.set_title(f"{model} · {s}")
     axes[0][-1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -175,8 +178,6 @@ def headline_figure(rows: list[dict], path=None, solver: str = "euler"):
 def update_readme(readme, section: str) -> bool:
     """Replace the text between :data:`BEGIN` and :data:`END` in ``readme`` with ``section`` (atomic
     write); returns whether the file changed.  Raises ValueError when the markers are missing."""
-    from .checkpoints import atomic_write_text
-
     p = Path(readme)
     if not p.is_file():
         raise FileNotFoundError(f"no file {p} to write the results section into")
@@ -188,27 +189,3 @@ def update_readme(readme, section: str) -> bool:
     if new != text:
         atomic_write_text(p, new)
     return new != text
-
-
-def cli_results(argv: list[str]) -> int:
-    """``python -m dpmsched results [--bench benchmarks/schedules.json] [--readme README.md] [--check]``"""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m dpmsched results", description=cli_results.__doc__)
-    p.add_argument("--bench", default="benchmarks/schedules.json", help="benchmark JSON or a folder of sweep results")
-    p.add_argument("--readme", default="README.md", help="file whose results section is regenerated")
-    p.add_argument("--figure", default="benchmarks/headline.png", help="figure to write (empty: none)")
-    p.add_argument("--check", action="store_true", help="only report whether the README is up to date (exit 1 if not)")
-    a = p.parse_args(argv)
-    rows, info = load_rows(a.bench)
-    section = headline_markdown(rows, info)
-    if a.check:
-        text = Path(a.readme).read_text()
-        ok = (BEGIN + "\n" + section.strip() + "\n" + END) in text
-        print(f"{a.readme}: results section {'up to date' if ok else 'OUT OF DATE: run python -m dpmsched results'}")
-        return 0 if ok else 1
-    if a.figure:
-        headline_figure(rows, a.figure)
-    changed = update_readme(a.readme, section)
-    print(f"{a.readme}: results section {'rewritten' if changed else 'unchanged'} from {a.bench} ({len(rows)} rows)")
-    return 0

@@ -1,10 +1,14 @@
-"""The one schedule type and every hand-made baseline.  (ALGORITHMS.md §0.3, §1)
+"""The one schedule type and every hand-made baseline.  (docs/math.md §0.3, §1)
 
 A :class:`Schedule` is a strictly decreasing float64 array of **EDM noise levels**
 ``σ_0 = σ_max > σ_1 > … > σ_N = σ_min > 0`` in sampling order, optionally followed by a single
 trailing 0 (a final jump to the data, as EDM's Heun and k-diffusion do).  ``N = len(sigmas) − 1``
 is the number of solver steps.  Anything else raises :class:`ValueError` naming the problem and
 the offending index, so a bad schedule never reaches a solver as a silent NaN.
+
+This is the bottom of the package with :mod:`dpmsched.noise`: it imports nothing else of dpmsched.  NFE
+accounting is the solvers' (:func:`dpmsched.solvers.nfe`), export to diffusers and k-diffusion the adapters'
+(:func:`dpmsched.adapters.to_diffusers`, :func:`dpmsched.adapters.to_kdiffusion`).
 
 Baselines (s_i = i/N, i = 0..N):
 
@@ -22,7 +26,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -137,19 +142,12 @@ class Schedule:
             raise ValueError("a trailing sigma = 0 has no VP time; use .without_final_zero()")
         return noise.t_of_sigma(self.sigmas)
 
-    def nfe(self, solver: str = "euler", *, denoise_to_zero: bool = False, **opts) -> int:
-        """Number of network evaluations of ``solver`` on this schedule (§0.3)."""
-        from .solvers import nfe
-
-        return nfe(solver, self.steps, final_zero=self.has_final_zero,
-                   denoise_to_zero=denoise_to_zero, **opts)
-
-    def with_final_zero(self) -> "Schedule":
+    def with_final_zero(self) -> Schedule:
         if self.has_final_zero:
             return self
         return Schedule(np.append(self.sigmas, 0.0), self.name, {**self.meta, "final_zero": True})
 
-    def without_final_zero(self) -> "Schedule":
+    def without_final_zero(self) -> Schedule:
         if not self.has_final_zero:
             return self
         meta = {k: v for k, v in self.meta.items() if k != "final_zero"}
@@ -160,56 +158,46 @@ class Schedule:
 
         return torch.as_tensor(self.sigmas.copy(), dtype=dtype or torch.float64, device=device)
 
-    def to_kdiffusion(self, device=None):
-        """k-diffusion's sigma tensor: these σ's followed by a 0, float64."""
-        return self.with_final_zero().to_torch(device=device)
-
-    def to_diffusers(self, scheduler, *, rtol: float = 1e-2):
-        """Set these σ's on a diffusers scheduler (in place; returned).  Euler and EDM-Euler take any
-        σ's; DPM-Solver(++), Heun, DDPM, LCM and TCD take integer timesteps (σ's rounded to the ᾱ table,
-        a warning past ``rtol``); others raise naming the alternatives.  See
-        :func:`dpmsched.denoisers.adapters.set_diffusers_schedule`."""
-        from .denoisers.adapters import set_diffusers_schedule
-
-        return set_diffusers_schedule(scheduler, self, rtol=rtol)
-
     # -- I/O ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"sigmas": [float(v) for v in self.sigmas], "name": self.name, "meta": self.meta}
 
-    def to_json(self, path=None, **kw) -> str:
+    def to_json(self, **kw) -> str:
         """JSON text ``{"sigmas": [...], "name": ..., "meta": {...}}``; floats round-trip exactly.
 
-        If ``path`` is given the text is also written there (atomically).
+        (Write it with :func:`dpmsched.files.atomic_write_text`; this module does no file output.)
         """
-        text = json.dumps(self.to_dict(), **kw)
-        if path is not None:
-            from .checkpoints import atomic_write_text
-
-            atomic_write_text(path, text)
-        return text
+        return json.dumps(self.to_dict(), **kw)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Schedule":
+    def from_dict(cls, d: dict) -> Schedule:
         if not isinstance(d, dict) or "sigmas" not in d:
             raise ValueError("a schedule JSON must be an object with a 'sigmas' list")
         return cls(d["sigmas"], d.get("name", "custom"), d.get("meta") or {})
 
     @classmethod
-    def from_json(cls, text_or_path) -> "Schedule":
+    def from_json(cls, text_or_path) -> Schedule:
         """Parse JSON text, or read it from a file path."""
-        text = str(text_or_path)
+        text, where = str(text_or_path), "schedule JSON"
         if not text.lstrip().startswith("{"):
+            where = f"schedule file {text_or_path}"
             try:
                 with open(text, encoding="utf-8") as f:
                     text = f.read()
             except OSError as e:
                 raise ValueError(f"cannot read schedule file {text_or_path!r}: {e}") from e
+            except UnicodeDecodeError:
+                raise ValueError(f"invalid {where}: not a text file") from None
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"invalid schedule JSON: {e}") from e
-        return cls.from_dict(d)
+            raise ValueError(f"invalid {where}: {e}") from e
+        if where == "schedule JSON":
+            return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
 
     # -- comparison and display ---------------------------------------------------------------
     def __eq__(self, other) -> bool:
@@ -224,10 +212,10 @@ class Schedule:
         body = ", ".join(f"{v:.4g}" for v in self.sigmas)
         return f"Schedule({self.name!r}, steps={self.steps}, sigmas=[{body}])"
 
-    # -- baselines (ALGORITHMS.md §1) ---------------------------------------------------------
+    # -- baselines (docs/math.md §1) ---------------------------------------------------------
     @classmethod
     def karras(cls, steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
-               rho: float = 7.0) -> "Schedule":
+               rho: float = 7.0) -> Schedule:
         """EDM schedule: σ_i = (σ_max^{1/ρ} + i/N (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.  §1."""
         n = _check_steps(steps)
         _check_range(sigma_min, sigma_max)
@@ -241,7 +229,7 @@ class Schedule:
 
     @classmethod
     def uniform_logsnr(cls, steps: int, sigma_min: float = SIGMA_MIN,
-                       sigma_max: float = SIGMA_MAX) -> "Schedule":
+                       sigma_max: float = SIGMA_MAX) -> Schedule:
         """Uniform λ = −log σ, i.e. geometric σ: σ_i = σ_max (σ_min/σ_max)^{i/N}.  §1."""
         n = _check_steps(steps)
         _check_range(sigma_min, sigma_max)
@@ -250,14 +238,14 @@ class Schedule:
         return cls(sig, "uniform-logsnr")
 
     @classmethod
-    def _from_times(cls, t: np.ndarray, noise, name: str, sigma_min, sigma_max) -> "Schedule":
+    def _from_times(cls, t: np.ndarray, noise, name: str, sigma_min, sigma_max) -> Schedule:
         sig = np.asarray(noise.sigma(t), dtype=np.float64)
         sig[0], sig[-1] = sigma_max, sigma_min
         return cls(sig, name, {"noise": type(noise).__name__})
 
     @classmethod
     def uniform_t(cls, steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
-                  noise=None) -> "Schedule":
+                  noise=None) -> Schedule:
         """Uniform in VP time t.  §1, §0.4.
 
         ``noise`` is a VP noise schedule (``LinearVP``, ``DiscreteVP``); by default the VP curve fit
@@ -272,7 +260,7 @@ class Schedule:
 
     @classmethod
     def quadratic_t(cls, steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
-                    noise=None) -> "Schedule":
+                    noise=None) -> Schedule:
         """Quadratic in VP time: t_i = (√t_max + i/N (√t_min − √t_max))² (DDIM).  §1."""
         n = _check_steps(steps)
         _check_range(sigma_min, sigma_max)
@@ -282,7 +270,7 @@ class Schedule:
         return cls._from_times(t, noise, "quadratic-t", sigma_min, sigma_max)
 
     @classmethod
-    def cosine(cls, steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> "Schedule":
+    def cosine(cls, steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> Schedule:
         """The iDDPM cosine noise schedule sampled uniformly in t.  §1.
 
         ᾱ(t) = cos²(θ(t)) with θ linear in t, so the EDM level is σ = √(1−ᾱ)/√ᾱ = tan θ, and with
@@ -297,7 +285,7 @@ class Schedule:
         return cls(sig, "cosine")
 
     @classmethod
-    def _from_discrete(cls, idx: np.ndarray, noise: DiscreteVP, name: str, final_zero: bool) -> "Schedule":
+    def from_discrete(cls, idx: np.ndarray, noise: DiscreteVP, name: str, final_zero: bool) -> Schedule:
         idx = np.unique(np.asarray(idx, dtype=np.int64))[::-1]  # sampling order: high noise first
         if idx[0] >= noise.T or idx[-1] < 0:
             raise ValueError(f"discrete steps must lie in [0, {noise.T - 1}]")
@@ -308,7 +296,7 @@ class Schedule:
 
     @classmethod
     def ddim_uniform(cls, steps: int, noise: DiscreteVP | None = None,
-                     final_zero: bool = True) -> "Schedule":
+                     final_zero: bool = True) -> Schedule:
         """DDIM's even spacing of a discrete DDPM: τ_j = j·⌊T/S⌋, j = 0..S−1 (0-indexed).  §1.
 
         With ``final_zero=True`` (DDIM's own sampler) the S = ``steps`` timesteps are followed by a jump
@@ -322,11 +310,11 @@ class Schedule:
         if S > noise.T:
             raise ValueError(f"cannot pick {S} distinct steps out of T = {noise.T}")
         idx = np.arange(S) * (noise.T // S)
-        return cls._from_discrete(idx, noise, "ddim-uniform", final_zero)
+        return cls.from_discrete(idx, noise, "ddim-uniform", final_zero)
 
     @classmethod
     def iddpm_respace(cls, steps: int, noise: DiscreteVP | None = None,
-                      final_zero: bool = True) -> "Schedule":
+                      final_zero: bool = True) -> Schedule:
         """iDDPM / Analytic-DPM respacing round(linspace(1, T, S)) (1-indexed steps).  §1.
 
         ``final_zero`` has the meaning of :meth:`ddim_uniform`.
@@ -337,7 +325,7 @@ class Schedule:
         if S > noise.T:
             raise ValueError(f"cannot pick {S} distinct steps out of T = {noise.T}")
         idx = np.round(np.linspace(1, noise.T, S)).astype(np.int64) - 1
-        return cls._from_discrete(idx, noise, "iddpm-respace", final_zero)
+        return cls.from_discrete(idx, noise, "iddpm-respace", final_zero)
 
 
 #: name → constructor(steps, **kw).  Every baseline a notebook, the CLI or a sweep can ask for by name.

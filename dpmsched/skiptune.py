@@ -1,4 +1,4 @@
-r"""Skip-Tuning: scale a UNet's skip connections at sampling time.  (ALGORITHMS.md §5)
+r"""Skip-Tuning: scale a UNet's skip connections at sampling time.  (docs/math.md §5)
 
 Ma, Xue et al., *The Surprising Effectiveness of Skip-Tuning in Diffusion Sampling* (ICML 2024).
 Decoder block j of a UNet consumes ``cat([h, skip_j])``; Skip-Tuning replaces it by
@@ -11,21 +11,22 @@ Decoder block j of a UNet consumes ``cat([h, skip_j])``; Skip-Tuning replaces it
   :attr:`dpmsched.denoisers.nets.UNet.skip_scales`;
 * ``per="skip"`` interpolates over the individual skips: K = n_skips − 1, k = j;
 * ``per="level"`` interpolates over resolution levels: K = n_levels − 1, k = (deepest level − level),
-  and every skip of a level gets its level's ρ (ALGORITHMS.md §5.2 leaves open which of the two the
-  paper means).
+  and every skip of a level gets its level's ρ (docs/math.md §5.2: the paper leaves open which of the two it
+  means).
 
 **Where ρ applies**
 
 * the shipped :class:`~dpmsched.denoisers.nets.UNet` (inside an :class:`~dpmsched.denoisers.nets.EDMDenoiser`):
   through its ``skip_scales`` hook;
-* a diffusers ``UNet2DModel`` (bare, or loaded through :func:`dpmsched.denoisers.adapters.load_diffusers`):
+* a diffusers ``UNet2DModel`` (bare, or loaded through :func:`dpmsched.adapters.load_diffusers`):
   through forward pre-hooks on its up-blocks that scale the ``res_hidden_states_tuple`` they concatenate;
 * constant in σ, or only inside a σ-window ``(σ_lo, σ_hi)`` (ρ = 1 outside; decided per sample).
 
 :func:`skip_tuning` is the context manager that switches it on and *always* restores the model (also
 after an exception); :func:`grid_search` scores a (ρ_top, ρ_bottom) grid on fixed seeds, optionally
 in a process pool; :func:`denoising_loss` measures the pixel-space denoising error per σ, which the
-paper reports getting *worse* while sample quality improves (§5.4).
+paper reports getting *worse* while sample quality improves (§5.4).  Figures of a grid search:
+:func:`dpmsched.plots.skip_heatmap`; sample mosaics: :func:`dpmsched.plots.digits_mosaic`.
 """
 from __future__ import annotations
 
@@ -36,10 +37,12 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from . import solvers
 from .denoisers import sigma_like
+from .metrics import frechet_digits
 
 __all__ = ["interpolate_rho", "skip_layout", "skip_scales", "skip_tuning", "SkipTuned", "denoising_loss",
-           "grid_search", "fd_score", "plot_heatmap", "digits_mosaic", "RHO_GRID"]
+           "grid_search", "fd_score", "RHO_GRID"]
 
 #: the ρ grid of the paper's protocol (§5.3): 1.0, 0.95, …, 0.6
 RHO_GRID = tuple(round(1.0 - 0.05 * k, 2) for k in range(9))
@@ -308,10 +311,8 @@ _WORKER: dict = {}
 
 
 def _score_point(ctx: dict, rt: float, rb: float) -> float:
-    from . import solvers
-
     with skip_tuning(ctx["model"], rt, rb, per=ctx["per"], sigma_window=ctx["sigma_window"]) as den:
-        x = solvers.sample(den, ctx["solver"], ctx["schedule"], ctx["n"], seed=ctx["seed"], batch=ctx["batch"],
+        x = solvers.sample(den, ctx["schedule"], ctx["solver"], ctx["n"], seed=ctx["seed"], batch=ctx["batch"],
                            dtype=ctx["dtype"], **ctx["solver_opts"])
     return float(ctx["score"](x))
 
@@ -329,8 +330,6 @@ def _worker_point(args):
 def fd_score(x) -> float:
     """The default grid-search score: :func:`dpmsched.metrics.frechet_digits` of the samples against the
     digits test split (360 images), in the shipped classifier's features; lower is better."""
-    from .metrics import frechet_digits
-
     return float(frechet_digits(x)["fd"])
 
 
@@ -356,8 +355,6 @@ def grid_search(model, schedule, solver: str = "euler", rho_tops=RHO_GRID, rho_b
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     skip_layout(model)                                    # fail early on a model without skips
-    from . import solvers
-
     solvers.get(solver)
     ctx = {"model": model, "schedule": schedule, "solver": solver, "n": int(n), "seed": int(seed), "per": per,
            "sigma_window": _window(sigma_window), "score": score or fd_score, "batch": int(batch),
@@ -388,56 +385,6 @@ def grid_search(model, schedule, solver: str = "euler", rho_tops=RHO_GRID, rho_b
     return {"rho_top": tops, "rho_bottom": bottoms, "scores": scores,
             "best": {"rho_top": tops[i], "rho_bottom": bottoms[j], "score": best},
             "baseline": base, "improvement": base / best if best > 0 else math.inf,
-            "nfe": schedule.nfe(solver, **solver_opts) if hasattr(schedule, "nfe") else None,
+            "nfe": solvers.nfe(solver, schedule, **solver_opts),
             "solver": solver, "per": per, "n": int(n), "seed": int(seed), "sigma_window": ctx["sigma_window"],
             "seconds": time.perf_counter() - t0}
-
-
-# -- figures -------------------------------------------------------------------------------------------
-def plot_heatmap(result: dict, ax=None, title: str | None = None, fmt: str = "{:.3g}"):
-    """Heatmap of a :func:`grid_search` result: rows ρ_top, columns ρ_bottom, the score written in each
-    cell, the best cell outlined and the plain model (ρ ≡ 1) marked "plain"."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.2, 3.6))
-    sc = np.asarray(result["scores"])
-    im = ax.imshow(sc, cmap="viridis_r", origin="upper")
-    tops, bottoms = result["rho_top"], result["rho_bottom"]
-    ax.set_yticks(range(len(tops)), [f"{v:g}" for v in tops])
-    ax.set_xticks(range(len(bottoms)), [f"{v:g}" for v in bottoms])
-    ax.set_ylabel("ρ_top (outermost skip)")
-    ax.set_xlabel("ρ_bottom (deepest skip)")
-    for i in range(sc.shape[0]):
-        for j in range(sc.shape[1]):
-            plain = tops[i] == 1.0 and bottoms[j] == 1.0
-            ax.text(j, i, fmt.format(sc[i, j]) + ("\nplain" if plain else ""), ha="center", va="center",
-                    fontsize=7, color="w" if sc[i, j] > sc.min() + 0.5 * np.ptp(sc) else "k")
-    b = result["best"]
-    i, j = tops.index(b["rho_top"]), bottoms.index(b["rho_bottom"])
-    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
-    ax.set_title(title or f"{result['solver']}, NFE {result['nfe']}")
-    ax.figure.colorbar(im, ax=ax, shrink=0.8)
-    return ax
-
-
-def digits_mosaic(x: torch.Tensor, ax=None, nrow: int = 8, title: str | None = None):
-    """Draw images (M, 1, H, W) in [−1, 1] as one grey mosaic of ``nrow`` columns (clipped to [−1, 1])."""
-    import matplotlib.pyplot as plt
-
-    x = torch.as_tensor(x).detach().double().clamp(-1, 1).cpu()
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise ValueError(f"expected images of shape (M, 1, H, W), got {tuple(x.shape)}")
-    m, _, h, w = x.shape
-    rows = math.ceil(m / nrow)
-    canvas = np.ones((rows * (h + 1) + 1, nrow * (w + 1) + 1))
-    for k in range(m):
-        r, c = divmod(k, nrow)
-        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = (x[k, 0].numpy() + 1) / 2
-    if ax is None:
-        _, ax = plt.subplots(figsize=(nrow * 0.45, rows * 0.45))
-    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=9)
-    return ax

@@ -1,4 +1,4 @@
-"""Parameter sweeps over a notebook, and the report that collects them.  (DESIGN.md §6, issue 7)
+"""Parameter sweeps over a notebook: a grid of papermill runs in a process pool, resumable.
 
 A grid file (YAML) names a notebook and its parameters::
 
@@ -19,7 +19,8 @@ A grid file (YAML) names a notebook and its parameters::
 * ``runs/NN_x/<params_hash(p)>.failed.json`` instead when the run failed (with its traceback); a
   failed run does not stop the others and is tried again by the next sweep.
 
-``python -m dpmsched report runs/`` turns the records into a markdown table and a figure per notebook.
+``python -m dpmsched report runs/`` turns the records into a markdown table and a figure per notebook
+(:mod:`dpmsched.report`).  The command line is :mod:`dpmsched.cli.sweep`.
 Only papermill (in the workers) and matplotlib (in the report) are heavy; both load lazily.
 """
 from __future__ import annotations
@@ -27,21 +28,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import os
 import re
 import signal
-import sys
 import threading
 import time
 import traceback
 from pathlib import Path
 
-from .batch import DEFAULT_CELL_TIMEOUT, check_parameters, last_line, md_cell, run_notebook
-from .checkpoints import atomic_write_text
+from .batch import DEFAULT_CELL_TIMEOUT, check_parameters, last_line, run_notebook
+from .files import atomic_write_text, clean_stale_temporaries, read_yaml
 
-__all__ = ["load_grid", "params_hash", "expand_grid", "is_finished", "run_sweep", "load_records",
-           "report_table", "report_figure", "write_report", "cli_sweep", "cli_report"]
+__all__ = ["load_grid", "params_hash", "expand_grid", "is_finished", "run_sweep", "format_params", "Terminated"]
 
 #: parameters the sweep sets itself; a grid may not
 RESERVED = ("results_json", "figures_dir")
@@ -103,12 +101,8 @@ def load_grid(path) -> tuple[Path, list[dict]]:
     or reserved parameter) or ``TypeError`` (a value of the wrong type for the notebook), each naming
     the culprit.
     """
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"grid file {path} not found")
-    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    spec = read_yaml(path, "grid file")
     if not isinstance(spec, dict) or "notebook" not in spec:
         raise ValueError(f"{path}: expected a mapping with keys 'notebook', 'grid' and optionally 'fixed'")
     extra = sorted(set(spec) - {"notebook", "grid", "fixed"})
@@ -175,22 +169,23 @@ def _run_one(notebook: str, params: dict, out_dir: str, figures: bool, cell_time
     return rec
 
 
-def _fmt_params(params: dict) -> str:
+def format_params(params: dict) -> str:
+    """``k=v k=v`` of a run's parameters, for logs and reports."""
     return " ".join(f"{k}={v!r}" for k, v in params.items())
 
 
 def _log_failures(name: str, failed: list[dict], log) -> None:
     """Each failed run's parameters and full traceback."""
     for rec in failed:
-        log(f"\n--- FAILED {name} {_fmt_params(rec['parameters'])}\n{rec['error'].strip()}")
+        log(f"\n--- FAILED {name} {format_params(rec['parameters'])}\n{rec['error'].strip()}")
 
 
-class _Terminated(KeyboardInterrupt):
+class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an exception so the sweep can stop its workers before it exits."""
 
 
 def _raise_terminated(signum, frame):
-    raise _Terminated()
+    raise Terminated()
 
 
 def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures: bool = False,
@@ -211,6 +206,8 @@ def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures:
     notebook = Path(notebook).resolve()
     out_dir = Path(out).resolve() / notebook.stem
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in clean_stale_temporaries(out_dir):        # half-written files of a sweep that was killed
+        log(f"removed {stale.name}, left by an interrupted write")
     hashes = [params_hash(p) for p in runs]
     if len(set(hashes)) != len(hashes):
         raise ValueError("the grid lists the same parameters more than once")
@@ -236,10 +233,10 @@ def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures:
             ran.append(rec)
             n = len(ran)
             if rec["status"] == "ok":
-                log(f"[{n}/{len(todo)}] ok      {rec['seconds']:7.1f} s  {_fmt_params(p)}")
+                log(f"[{n}/{len(todo)}] ok      {rec['seconds']:7.1f} s  {format_params(p)}")
             else:
                 failed.append(rec)
-                log(f"[{n}/{len(todo)}] FAILED  {rec['seconds']:7.1f} s  {_fmt_params(p)}: {last_line(rec['error'])}")
+                log(f"[{n}/{len(todo)}] FAILED  {rec['seconds']:7.1f} s  {format_params(p)}: {last_line(rec['error'])}")
     except KeyboardInterrupt:
         _log_failures(notebook.name, failed, log)
         log(f"interrupted: stopping {len(getattr(pool, '_processes', None) or {})} worker(s); "
@@ -257,199 +254,3 @@ def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures:
     _log_failures(notebook.name, failed, log)
     log(f"{notebook.name}: {len(ran) - len(failed)} ok, {len(failed)} failed, {len(skipped)} skipped")
     return {"ran": ran, "skipped": skipped, "failed": failed}
-
-
-def cli_sweep(argv: list[str]) -> int:
-    """``python -m dpmsched sweep GRID.yaml [--out runs] [--workers 2] [--figures]``: run a notebook over a grid."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m dpmsched sweep", description=cli_sweep.__doc__)
-    p.add_argument("grid", help="YAML file with 'notebook', 'grid' and optionally 'fixed' (see sweeps/example.yaml)")
-    p.add_argument("--out", default="runs", help="output folder (default: runs)")
-    p.add_argument("--workers", type=int, default=2, help="notebooks run at a time (default: 2)")
-    p.add_argument("--figures", action="store_true", help="save each run's figures to runs/<nb>/<hash>.figures/")
-    p.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT,
-                   help=f"seconds one cell may run before its run fails (default: {DEFAULT_CELL_TIMEOUT:g}; 0: no limit)")
-    a = p.parse_args(argv)
-    try:
-        notebook, runs = load_grid(a.grid)
-    except (FileNotFoundError, ValueError, TypeError) as e:   # a bad grid file: say what, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        res = run_sweep(notebook, runs, a.out, a.workers, a.figures, log=lambda s: print(s, flush=True),
-                        cell_timeout=a.cell_timeout or None)
-    except _Terminated:
-        return 143
-    except KeyboardInterrupt:
-        return 130
-    return 1 if res["failed"] else 0
-
-
-# ----------------------------------------------------------------------------------------- report
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    """Nested dicts → ``{"a.b": scalar}``; lists are left out (they do not fit a table cell)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out |= _flatten(v, key + ".")
-        elif isinstance(v, (int, float, str, bool)) or v is None:
-            out[key] = v
-    return out
-
-
-def load_records(folder) -> dict[str, list[dict]]:
-    """All run records (``*.json`` and ``*.failed.json`` with a ``hash``) under ``folder``, by notebook name.
-
-    A failure record is dropped when the same run has a successful record (it was re-run).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"runs folder {folder} not found")
-    recs: dict[str, dict[str, dict]] = {}
-    for f in sorted(folder.rglob("*.json")):
-        if f.name.startswith("."):
-            continue
-        try:
-            rec = json.loads(f.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if not (isinstance(rec, dict) and {"hash", "parameters", "status", "notebook"} <= set(rec)):
-            continue
-        runs = recs.setdefault(rec["notebook"], {})
-        if rec["hash"] not in runs or rec["status"] == "ok":
-            runs[rec["hash"]] = rec
-    return {nb: list(r.values()) for nb, r in sorted(recs.items())}
-
-
-def _varying(records: list[dict]) -> tuple[list[str], dict]:
-    """(names of the parameters that differ between runs, {name: value} of those that do not)."""
-    names = list(dict.fromkeys(k for r in records for k in r["parameters"]))
-    vary = [n for n in names if len({json.dumps(r["parameters"].get(n)) for r in records}) > 1]
-    fixed = {n: records[0]["parameters"].get(n) for n in names if n not in vary}
-    return vary, fixed
-
-
-def _default_keys(records: list[dict]) -> list[str]:
-    """The top-level numeric results (what a table and a line plot can show)."""
-    keys = dict.fromkeys(k for r in records if r["status"] == "ok" for k, v in r["results"].items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool))
-    return sorted(keys)
-
-
-def _sort_key(rec, vary):
-    return [(str(type(rec["parameters"].get(n))), rec["parameters"].get(n)) for n in vary]
-
-
-def report_table(records: list[dict], keys: list[str] | None = None) -> str:
-    """Markdown for one notebook's records: the fixed parameters, one row per successful run (its
-    varying parameters, ``keys`` of its results — default: the top-level numbers — and seconds), then
-    each failed run with its parameters and the last line of its error.
-    """
-    if not records:
-        raise ValueError("no records to report")
-    vary, fixed = _varying(records)
-    keys = list(keys) if keys else _default_keys(records)
-    ok = sorted((r for r in records if r["status"] == "ok"), key=lambda r: _sort_key(r, vary))
-    bad = [r for r in records if r["status"] != "ok"]
-    lines = [f"{len(ok)} finished run(s), {len(bad)} failed.", ""]
-    if fixed:
-        lines += ["Same in every run: " + ", ".join(f"`{k}={v!r}`" for k, v in fixed.items()), ""]
-    head = vary + keys + ["seconds"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in ok:
-        flat = _flatten(r["results"])
-        cells = [r["parameters"].get(n) for n in vary] + [flat.get(k) for k in keys] + [r["seconds"]]
-        lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
-    for r in bad:
-        lines += ["", f"**failed** `{_fmt_params(r['parameters'])}`: {md_cell(last_line(r.get('error', '')))} "
-                      f"(full traceback: `{r['hash']}.failed.json`)"]
-    return "\n".join(lines)
-
-
-def report_figure(records: list[dict], keys: list[str] | None = None, max_panels: int = 6):
-    """One panel per result key (at most ``max_panels``): the value against the numeric varying
-    parameter with the most distinct values, one line per combination of the other varying
-    parameters (log y when all values are positive over more than a factor 50).  Returns the figure.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")   # the report runs headless
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in records if r["status"] == "ok"]
-    if not ok:
-        raise ValueError("no finished runs to plot")
-    vary, _ = _varying(ok)
-    keys = (list(keys) if keys else _default_keys(ok))[:max_panels]
-    numeric = [n for n in vary if all(isinstance(r["parameters"].get(n), (int, float))
-                                      and not isinstance(r["parameters"].get(n), bool) for r in ok)]
-    xname = max(numeric, key=lambda n: len({r["parameters"][n] for r in ok})) if numeric else None
-    others = [n for n in vary if n != xname]
-    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.2 * max(len(keys), 1), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        groups: dict[str, list] = {}
-        for i, r in enumerate(sorted(ok, key=lambda r: _sort_key(r, vary))):
-            v = _flatten(r["results"]).get(key)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                continue
-            label = ", ".join(f"{n}={r['parameters'].get(n)}" for n in others) or "runs"
-            groups.setdefault(label, []).append((r["parameters"][xname] if xname else i, v))
-        vals = [v for pts in groups.values() for _, v in pts]
-        for label, pts in groups.items():
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=4, label=label)
-        if vals and min(vals) > 0 and max(vals) / min(vals) > 50:
-            ax.set_yscale("log")
-        ax.set_xlabel(xname or "run")
-        ax.set_title(key, fontsize=10)
-    if len(groups) > 1:
-        axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def write_report(folder, keys: list[str] | None = None, out=None) -> str:
-    """Write ``out`` (default ``folder/report.md``) with a section per notebook — table and figure
-    (``folder/<stem>/report.png``); returns the markdown.
-    """
-    import matplotlib.pyplot as plt
-
-    from .plots import save
-
-    folder = Path(folder)
-    by_nb = load_records(folder)
-    if not by_nb:
-        raise FileNotFoundError(f"no run records (*.json written by 'python -m dpmsched sweep') under {folder}")
-    out = Path(out) if out else folder / "report.md"
-    parts = [f"# Sweep report\n\nMade by `python -m dpmsched report {folder}` from the run records under "
-             f"`{folder}/` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})."]
-    for nb, records in by_nb.items():
-        stem = Path(nb).stem
-        parts.append(f"## {nb}\n\n" + report_table(records, keys))
-        if any(r["status"] == "ok" for r in records):
-            fig = report_figure(records, keys)
-            png = save(fig, "report", str(folder / stem))
-            plt.close(fig)
-            parts.append(f"![{stem}]({os.path.relpath(png, out.parent)})")
-    text = "\n\n".join(parts) + "\n"
-    atomic_write_text(out, text)
-    return text
-
-
-def cli_report(argv: list[str]) -> int:
-    """``python -m dpmsched report RUNS_DIR [--keys a,b.c] [--out FILE]``: table + figure per notebook."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m dpmsched report", description=cli_report.__doc__)
-    p.add_argument("folder", nargs="?", default="runs", help="folder the sweeps wrote into (default: runs)")
-    p.add_argument("--keys", default="", help="comma-separated result keys (nested: a.b); default: top-level numbers")
-    p.add_argument("--out", default=None, help="markdown file (default: FOLDER/report.md)")
-    a = p.parse_args(argv)
-    keys = [k.strip() for k in a.keys.split(",") if k.strip()] or None
-    text = write_report(a.folder, keys, a.out)
-    print(text)
-    print(f"written: {a.out or Path(a.folder) / 'report.md'}", file=sys.stderr)
-    return 0

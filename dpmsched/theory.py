@@ -1,4 +1,4 @@
-"""The theorem and the bound.  (ALGORITHMS.md §2.1, §3.1–3.3, §3.6)
+"""The theorem and the bound.  (docs/math.md §2.1, §3.1–3.3, §3.6)
 
 **Convex combination (§2.1, §3.1).**  Euler on a schedule σ_0 > … > σ_N with x_init = σ_0 z unrolls to
 
@@ -29,12 +29,13 @@ decreasing σ grid of length G.  u = 1/σ has units of 1/σ (inverse data units)
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from .schedules import Schedule
+from .solvers import reference
 
 __all__ = [
     "convex_weights", "euler_unrolled", "gaussian_tau", "gaussian_bound", "gaussian_optimal_schedule",
@@ -260,8 +261,6 @@ def euler_error_decomposition(denoiser, x_init: torch.Tensor, sigmas, *, substep
     Returns tensors shaped like ``x_init``: ``{"exact", "euler", "local", "propagated", "total"}``
     with total = euler − exact = local + propagated (up to float64 rounding).
     """
-    from .solvers import euler, reference
-
     s = _positive(sigmas)
     a, w = convex_weights(s)
     x_exact, tf_sum, eu_sum = x_init, a * x_init, a * x_init

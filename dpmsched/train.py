@@ -1,5 +1,5 @@
 """Training loops for the shipped models: EDM, discrete DDPM, and the digits classifier.
-(ALGORITHMS.md §0.1, §7; DESIGN.md §5)
+(docs/math.md §0.1, §7)
 
 * ``kind: edm`` — EDM training (Karras et al. 2022): ln σ ~ N(P_mean, P_std²), loss
   ``λ(σ) ‖D(x0 + σε; σ) − x0‖²`` with ``λ(σ) = (σ² + σ_d²)/(σ σ_d)²`` (the weight that makes the
@@ -11,11 +11,13 @@
 All randomness (batches, σ, n, ε, dropout) flows from one ``torch.Generator`` seeded by ``seed``
 (dropout uses the global RNG, seeded from it).  Every ``ckpt_every`` steps the full training state —
 raw weights, EMA weights, Adam moments, the generator state, the step and the loss history — is
-written atomically to ``state_dir`` (safetensors + JSON, no pickle); a run restarted with the same
-config resumes there and reaches the same state as an uninterrupted run.  The final EMA weights are
+written atomically to ``state_dir/state.safetensors`` as *one* file (tensors, with the step, losses and
+config as JSON in its metadata; no pickle), so a crash at any moment leaves either the previous state or
+the new one; a run restarted with the same config resumes there and reaches the same state as an
+uninterrupted run (:func:`save_state`, :func:`load_state`, also used by Phase-2 finetuning).  The final EMA weights are
 saved with :func:`dpmsched.checkpoints.save_model` into ``out``.
 
-Command line: ``python -m dpmsched train --config data/configs/digits-edm.yaml``.
+Command line (:mod:`dpmsched.cli.train`): ``python -m dpmsched train --config data/configs/digits-edm.yaml``.
 """
 from __future__ import annotations
 
@@ -25,10 +27,22 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
-from .checkpoints import atomic_write_bytes, atomic_write_text, save_model, tensors_from_file, tensors_to_bytes
+from .checkpoints import save_model
+from .data import digits
+from .denoisers.nets import EDMDenoiser, build_net
+from .denoisers.vp import VPDenoiser
+from .files import atomic_write_bytes, clean_stale_temporaries, read_yaml, tensors_from_file, tensors_to_bytes
+from .models import EXACT_MODELS, exact_model
+from .noise import DiscreteVP
+from .resources import data_dir
 
-__all__ = ["DEFAULTS", "load_config", "train", "edm_loss", "ddpm_loss", "make_model", "make_data", "cli_train"]
+__all__ = ["DEFAULTS", "load_config", "train", "edm_loss", "ddpm_loss", "training_loss", "make_model", "make_data", "save_state",
+           "load_state", "has_state", "STATE_FILE"]
+
+#: the one file of a resumable training state (tensors + JSON metadata)
+STATE_FILE = "state.safetensors"
 
 #: every config key with its default; a config file may set only these
 DEFAULTS: dict = {
@@ -50,7 +64,7 @@ DEFAULTS: dict = {
     "sigma_max": 80.0,
     "T": 1000,                 # DDPM: number of steps of the linear-β table
     "out": None,               # final checkpoint folder; None = data/<name>
-    "state_dir": None,         # training-state folder; None = runs/train/<name>
+    "state_dir": None,         # training-state folder; None = .<out name>-state next to out
     "device": "cpu",
 }
 
@@ -62,12 +76,8 @@ def load_config(path_or_dict) -> dict:
     if isinstance(path_or_dict, dict):
         user = dict(path_or_dict)
     else:
-        import yaml
-
         path = Path(path_or_dict)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config {path} does not exist")
-        user = yaml.safe_load(path.read_text()) or {}
+        user = read_yaml(path, "training config") or {}
         if not isinstance(user, dict):
             raise ValueError(f"{path}: expected a mapping of config keys")
     unknown = sorted(set(user) - set(DEFAULTS))
@@ -81,9 +91,9 @@ def load_config(path_or_dict) -> dict:
     for k in ("steps", "batch", "ckpt_every"):
         if not (isinstance(cfg[k], int) and cfg[k] >= 1):
             raise ValueError(f"{k} must be a positive int, got {cfg[k]!r}")
-    root = Path(__file__).resolve().parents[1]
-    cfg["out"] = str(cfg["out"] or root / "data" / cfg["name"])
-    cfg["state_dir"] = str(cfg["state_dir"] or root / "runs" / "train" / cfg["name"])
+    cfg["out"] = str(cfg["out"] or data_dir() / cfg["name"])
+    # the resumable state lives next to the output: <out>-state (never under the package when --out is given)
+    cfg["state_dir"] = str(cfg["state_dir"] or Path(cfg["out"]).parent / f".{Path(cfg['out']).name}-state")
     return cfg
 
 
@@ -91,8 +101,6 @@ def load_config(path_or_dict) -> dict:
 def make_data(name: str, split: str = "train"):
     """``(sample(n, generator) -> (x0, labels|None), event_shape, std)`` for a data-set name."""
     if name == "digits":
-        from .data import digits
-
         x, y = digits(split, labels=True)
 
         def sample(n, g):
@@ -101,19 +109,15 @@ def make_data(name: str, split: str = "train"):
 
         return sample, tuple(x.shape[1:]), float(x.std())
     if name.startswith("toy2d-"):
-        from .denoisers import EXACT_MODELS
-
         if name not in EXACT_MODELS:
             raise ValueError(f"unknown toy data {name!r}; expected one of {[k for k in EXACT_MODELS if 'toy2d' in k]}")
-        mix = EXACT_MODELS[name]()
+        mix = exact_model(name)
         return (lambda n, g: (mix.sample(n, g, dtype=torch.float32), None)), tuple(mix.event_shape), mix.std
     raise ValueError(f"unknown data {name!r}; expected 'digits' or a toy2d-* mixture")
 
 
 def make_model(cfg: dict, event_shape, data_std: float):
     """The trainable model for ``cfg['kind']``: EDMDenoiser, VPDenoiser(ε-net) or DigitsClassifier."""
-    from .denoisers.nets import EDMDenoiser, build_net
-
     net = build_net(cfg["arch"])
     if cfg["kind"] == "classifier":
         net.name = cfg["name"]
@@ -121,9 +125,6 @@ def make_model(cfg: dict, event_shape, data_std: float):
     if cfg["kind"] == "edm":
         sd = cfg["sigma_data"] if cfg["sigma_data"] is not None else data_std
         return EDMDenoiser(net, sd, event_shape, cfg["sigma_min"], cfg["sigma_max"], cfg["name"])
-    from .denoisers.vp import VPDenoiser
-    from .noise import DiscreteVP
-
     return VPDenoiser(net, DiscreteVP.linear(cfg["T"]), "epsilon", event_shape, name=cfg["name"])
 
 
@@ -149,7 +150,8 @@ def ddpm_loss(vp, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return ((vp.eps(x_n, n.to(x0.dtype)) - eps) ** 2).mean()
 
 
-def _loss(cfg, model, x0, y, g):
+def training_loss(cfg, model, x0, y, g):
+    """The loss of ``cfg["kind"]`` on one batch: EDM, DDPM (ε) or cross-entropy (classifier)."""
     if cfg["kind"] == "edm":
         return edm_loss(model, x0, g, cfg["P_mean"], cfg["P_std"])
     if cfg["kind"] == "ddpm":
@@ -159,15 +161,29 @@ def _loss(cfg, model, x0, y, g):
 
 def classifier_accuracy(net, split: str = "test") -> float:
     """Accuracy of a digits classifier on a split."""
-    from .data import digits
-
     x, y = digits(split, labels=True)
     with torch.no_grad():
         return float((net.eval()(x).argmax(1) == y).double().mean())
 
 
-# -- training state (safetensors + JSON) --------------------------------------------------------
-def _save_state(state_dir: Path, step, net, ema, opt, g, losses, wall_s, cfg):
+# -- training state: one safetensors file, its JSON in the metadata -----------------------------
+def has_state(state_dir) -> bool:
+    """True when ``state_dir`` holds a resumable state written by :func:`save_state`."""
+    return (Path(state_dir) / STATE_FILE).is_file()
+
+
+def save_state(state_dir, step: int, net, ema: dict, opt, g: torch.Generator, losses: list, wall_s: float,
+               cfg: dict) -> Path:
+    """Write the whole training state as one atomic file ``state_dir/state.safetensors``.
+
+    Tensors: ``net.*`` (raw weights), ``ema.*``, ``opt.<i>.<name>`` (Adam moments), ``rng`` (``g``'s state),
+    ``torch_rng`` (the global RNG, for dropout).  Metadata ``"meta"``: JSON of the step, the loss history, the
+    wall time, Adam's param groups and ``cfg`` (minus ``out``/``state_dir``).  One file, one ``os.replace``:
+    a crash leaves either the previous state or this one, never a mix.  Stale temporaries of a killed
+    writer are removed first.
+    """
+    state_dir = Path(state_dir)
+    clean_stale_temporaries(state_dir)
     tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.items()})
     osd = opt.state_dict()
@@ -177,18 +193,31 @@ def _save_state(state_dir: Path, step, net, ema, opt, g, losses, wall_s, cfg):
     tensors["torch_rng"] = torch.get_rng_state()
     meta = {"step": step, "losses": losses, "wall_s": wall_s, "param_groups": osd["param_groups"],
             "config": {k: v for k, v in cfg.items() if k not in ("out", "state_dir")}}
-    atomic_write_bytes(state_dir / "state.safetensors", tensors_to_bytes(tensors))
-    atomic_write_text(state_dir / "state.json", json.dumps(meta))
+    return atomic_write_bytes(state_dir / STATE_FILE, tensors_to_bytes(tensors, metadata={"meta": json.dumps(meta)}))
 
 
-def _load_state(state_dir: Path, net, ema, opt, g, cfg):
-    meta = json.loads((state_dir / "state.json").read_text())
-    def same(c):
-        return {k: v for k, v in c.items() if k not in ("out", "state_dir", "steps")}
+def _same(c: dict) -> dict:
+    """The settings an interrupted run must share with its resumption (the step count may grow)."""
+    return json.loads(json.dumps({k: v for k, v in c.items() if k not in ("out", "state_dir", "steps")}))
 
-    if same(meta["config"]) != json.loads(json.dumps(same(cfg))):
-        raise ValueError(f"training state in {state_dir} was made with another config; delete it or use --no-resume")
-    t = tensors_from_file(state_dir / "state.safetensors")
+
+def load_state(state_dir, net, ema: dict, opt, g: torch.Generator, cfg: dict) -> tuple[int, list, float]:
+    """Restore a :func:`save_state` state into ``net``, ``ema``, ``opt``, ``g`` and the global RNG; returns
+    ``(step, losses, wall_s)``.  A state made with other settings raises ValueError naming them."""
+    path = Path(state_dir) / STATE_FILE
+    t = tensors_from_file(path)
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get("meta")
+    if raw is None:
+        raise ValueError(f"{path} is not a dpmsched training state (no 'meta' in its metadata); delete it or "
+                         "start without resuming")
+    meta = json.loads(raw)
+    old, new = _same(meta["config"]), _same(cfg)
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ValueError(f"the training state in {state_dir} was made with other settings ({', '.join(diff)} differ: "
+                         + "; ".join(f"{k} {old.get(k)!r} there vs {new.get(k)!r} now" for k in diff[:4])
+                         + "); use the same settings, or delete it / start without resuming")
     net.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("net.")})
     for k in ema:
         ema[k].copy_(t[f"ema.{k}"])
@@ -225,8 +254,8 @@ def train(config, *, resume: bool = True, progress: bool = True, stop_after: int
     ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     state_dir = Path(cfg["state_dir"])
     step, losses, wall = 0, [], 0.0
-    if resume and (state_dir / "state.json").is_file():
-        step, losses, wall = _load_state(state_dir, net, ema, opt, g, cfg)
+    if resume and has_state(state_dir):
+        step, losses, wall = load_state(state_dir, net, ema, opt, g, cfg)
     end = min(cfg["steps"], stop_after) if stop_after is not None else cfg["steps"]
     t0 = time.perf_counter()
     bar = tqdm(total=end, initial=step, desc=cfg["name"], disable=not progress, mininterval=5)
@@ -235,7 +264,7 @@ def train(config, *, resume: bool = True, progress: bool = True, stop_after: int
         for group in opt.param_groups:
             group["lr"] = cfg["lr"] * min(1.0, (step + 1) / max(1, cfg["warmup"]))
         x0, y = sample(cfg["batch"], g)
-        loss = _loss(cfg, model, x0.to(cfg["device"]), None if y is None else y.to(cfg["device"]), g)
+        loss = training_loss(cfg, model, x0.to(cfg["device"]), None if y is None else y.to(cfg["device"]), g)
         lval = float(loss.detach())
         if not math.isfinite(lval):
             raise FloatingPointError(f"training loss became {lval} at step {step}")
@@ -255,7 +284,7 @@ def train(config, *, resume: bool = True, progress: bool = True, stop_after: int
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
         if step % cfg["ckpt_every"] == 0 or step == end:
-            _save_state(state_dir, step, net, ema, opt, g, losses, wall + time.perf_counter() - t0, cfg)
+            save_state(state_dir, step, net, ema, opt, g, losses, wall + time.perf_counter() - t0, cfg)
     bar.close()
     wall += time.perf_counter() - t0
     out = {"step": step, "losses": losses, "wall_s": wall, "out": None}
@@ -271,26 +300,3 @@ def train(config, *, resume: bool = True, progress: bool = True, stop_after: int
         save_model(model, cfg["out"], kind=cfg["kind"], dataset=cfg["data"], training=training)
         out["out"] = cfg["out"]
     return out
-
-
-def cli_train(argv: list[str]) -> int:
-    """``python -m dpmsched train --config FILE.yaml [--steps N] [--out DIR] [--no-resume] [--quiet]``"""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m dpmsched train", description=cli_train.__doc__)
-    p.add_argument("--config", required=True, help="YAML training config (see data/configs/)")
-    p.add_argument("--steps", type=int, default=None, help="override the number of steps")
-    p.add_argument("--out", default=None, help="final checkpoint folder (default: data/<name>)")
-    p.add_argument("--no-resume", action="store_true", help="ignore a saved training state and start over")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
-    cfg = load_config(a.config)
-    if a.steps is not None:
-        cfg["steps"] = a.steps
-    if a.out:
-        cfg["out"] = a.out
-    res = train(cfg, resume=not a.no_resume, progress=not a.quiet)
-    acc = f", test accuracy {res['test_accuracy']:.4f}" if "test_accuracy" in res else ""
-    print(f"{cfg['name']}: {res['step']} steps in {res['wall_s']:.0f} s, "
-          f"last-100 loss {sum(res['losses'][-100:]) / len(res['losses'][-100:]):.4f}{acc} -> {res['out']}")
-    return 0

@@ -1,7 +1,8 @@
-"""ipywidgets controls used by the notebooks.  (DESIGN.md §4)"""
+"""ipywidgets controls used by the notebooks."""
 from __future__ import annotations
 
 from . import schedules as S
+from .plots import weight_bars
 from .theory import gaussian_bound, gaussian_optimal_schedule
 
 __all__ = ["schedule_explorer", "FAMILIES"]
@@ -24,7 +25,6 @@ def schedule_explorer(steps: int = 5, family: str = "karras", rho: float = 7.0, 
     import ipywidgets as W
     import matplotlib.pyplot as plt
 
-    from .plots import weight_bars
 
     w_steps = W.IntSlider(value=steps, min=1, max=20, description="steps")
     w_family = W.Dropdown(options=FAMILIES, value=family, description="family")

@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dpmsched.batch import check_parameters, run_notebook, summary_table
-from dpmsched.sweep import (expand_grid, is_finished, load_grid, load_records, params_hash, report_figure,
-                            report_table, write_report)
+from dpmsched.report import load_records, report_figure, report_table, write_report
+from dpmsched.sweep import expand_grid, is_finished, load_grid, params_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,6 +100,24 @@ def test_check_parameters_types_and_names():
         check_parameters(ns | {"flag": 1})
     with pytest.raises(NameError, match=r"unknown parameter\(s\) \['nn'\]"):
         check_parameters(ns | {"nn": 3})
+    assert check_parameters(ns, positive=("n", "c"), nonnegative=("n",))["n"] == 3
+    with pytest.raises(ValueError, match="parameter 'n' must be > 0, got 0"):
+        check_parameters(ns | {"n": 0}, positive=("n",))
+    with pytest.raises(ValueError, match="parameter 'c' must be >= 0, got -1"):
+        check_parameters(ns | {"c": -1}, nonnegative=("c",))
+    with pytest.raises(NameError, match="'m' is not a parameter"):
+        check_parameters(ns, positive=("m",))
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name,value", [("n_samples", 0), ("gauss_steps", 0), ("data_std", -1.0)])
+def test_notebook_parameters_out_of_range_stop_in_the_check_cell(tmp_path, name, value):
+    """A papermill run of notebook 01 with an impossible count or scale fails in its parameter check, by name."""
+    row = run_notebook(ROOT / "notebooks" / "01_theorem.ipynb", tmp_path / "out.ipynb", {name: value})
+    assert row["error"] and f"parameter {name!r} must be > 0" in row["error"]
+    nb = json.loads((tmp_path / "out.ipynb").read_text())
+    failed = [i for i, c in enumerate(nb["cells"]) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert len(failed) == 1 and "check_parameters" in "".join(nb["cells"][failed[0]]["source"])   # the check cell
 
 
 @given(st.dictionaries(st.text(min_size=1, max_size=5),

@@ -1,4 +1,4 @@
-"""Teacher cache, Huang Phase-1 and the propagation-aware bound (ALGORITHMS.md §3.4, §3.6, §3.8)."""
+"""Teacher cache, Huang Phase-1 and the propagation-aware bound (docs/math.md §3.4, §3.6, §3.8)."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dpmsched import Schedule, theory
-from dpmsched.denoisers import load
+from dpmsched.models import load
 from dpmsched.optimize import bound, optimize
 from dpmsched.optimize import teacher as TT
 

@@ -6,15 +6,16 @@ import pickle
 import pytest
 import torch
 
-from dpmsched import checkpoints
-from dpmsched.checkpoints import (CONFIG, DATA_DIR, WEIGHTS, atomic_write_bytes, load_model, read_config,
-                                  save_model, sha256_bytes)
-from dpmsched.denoisers import load
+from dpmsched import files
+from dpmsched.checkpoints import CONFIG, WEIGHTS, load_model, read_config, save_model, shipped_models
 from dpmsched.denoisers.nets import MLP, DigitsClassifier, EDMDenoiser, UNet
 from dpmsched.denoisers.vp import VPDenoiser
+from dpmsched.files import atomic_write_bytes, sha256_bytes
+from dpmsched.models import load
 from dpmsched.noise import DiscreteVP
+from dpmsched.resources import data_dir
 
-SHIPPED = sorted(p.parent.name for p in DATA_DIR.glob(f"*/{CONFIG}"))
+SHIPPED = shipped_models()
 
 
 
@@ -38,7 +39,7 @@ def test_edm_round_trip_is_exact_and_config_is_complete(tmp_path, randomized):
     assert cfg["arch"] == {"type": "mlp", "dim": 2, "width": 16, "depth": 2, "emb_dim": 8}
     assert cfg["dataset"] == "toy2d-ring" and cfg["training"] == {"steps": 7} and cfg["dtype"] == "float32"
     assert len(cfg["git_commit"]) >= 7
-    assert load(str(folder))(x, sig).equal(den(x, sig))      # denoisers.load delegates folders here
+    assert load(str(folder))(x, sig).equal(den(x, sig))      # models.load delegates folders here
 
 
 def test_ddpm_round_trip_wraps_vp_and_exposes_eps(tmp_path, randomized):
@@ -144,7 +145,7 @@ def test_pickle_files_are_refused_never_loaded(tmp_path, randomized):
     with pytest.raises(ValueError, match="pickle"):
         load_model(folder)
     with pytest.raises(ValueError, match="pickle"):
-        checkpoints.tensors_from_file(folder / WEIGHTS)
+        files.tensors_from_file(folder / WEIGHTS)
 
 
 def test_corrupt_safetensors_with_matching_checksum(tmp_path, randomized):
@@ -182,11 +183,26 @@ def test_atomic_write_keeps_old_content_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temporary file left behind
 
 
+def test_atomic_write_keeps_the_mode_of_an_existing_file(tmp_path):
+    path = tmp_path / "f.txt"
+    atomic_write_bytes(path, b"old")
+    os.chmod(path, 0o640)
+    atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"new" and path.stat().st_mode & 0o777 == 0o640
+
+
+def test_stale_temporaries_of_a_killed_writer_are_cleaned(tmp_path):
+    (tmp_path / ".state.safetensors.abc123.tmp").write_bytes(b"half")
+    (tmp_path / "keep.json").write_text("{}")
+    assert [p.name for p in files.clean_stale_temporaries(tmp_path)] == [".state.safetensors.abc123.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]
+
+
 # -- the shipped checkpoints --------------------------------------------------------------------
 def test_shipped_checkpoints_are_small_and_verified():
     assert {"toy2d-edm", "digits-classifier"} <= set(SHIPPED)
     for name in SHIPPED:
-        folder = DATA_DIR / name
+        folder = data_dir() / name
         assert (folder / WEIGHTS).stat().st_size <= 5 * 2**20, f"{name} exceeds 5 MB"
         model = load_model(name)                               # verifies the sha256 and the architecture
         cfg = read_config(folder)

@@ -1,4 +1,4 @@
-"""Watson et al.'s decomposed ELBO and exact DP (dpmsched.optimize.elbo; ALGORITHMS.md §7)."""
+"""Watson et al.'s decomposed ELBO and exact DP (dpmsched.optimize.elbo; docs/math.md §7)."""
 import itertools
 import json
 import math
@@ -9,10 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dpmsched import solvers
 from dpmsched.data import digits
 from dpmsched.denoisers.exact import Empirical, Gaussian
 from dpmsched.noise import DiscreteVP
-from dpmsched.optimize import elbo
+from dpmsched.optimize import elbo, elbo_dp
 from dpmsched.schedules import Schedule
 
 SMALL_T = DiscreteVP.linear(10, 1e-3, 0.5)      # a short table whose ᾱ_T is already small
@@ -137,7 +138,7 @@ def test_as_ddpm_reproduces_the_denoiser_at_the_table_levels():
     for n in (0, 10, 500, 999):
         sig = float(noise.sigmas[n])
         assert torch.allclose(m(x * sig, sig), den(x * sig, sig), atol=1e-10)
-    # and it is what denoisers.load would give for an EDM model: a VPDenoiser with .eps and .noise
+    # and it is what models.load would give for an EDM model: a VPDenoiser with .eps and .noise
     assert m.noise is noise and m.prediction == "epsilon"
 
 
@@ -146,7 +147,7 @@ def test_as_ddpm_reproduces_the_denoiser_at_the_table_levels():
 def test_dp_equals_brute_force_over_all_paths(small_terms, variance):
     _, _, terms = small_terms
     T = terms.T
-    res = elbo.dp_paths(terms, range(1, T + 1), variance)
+    res = elbo_dp.dp_paths(terms, range(1, T + 1), variance)
     for k in range(1, T + 1):
         best = min(terms.nelbo([0, *mid, T], variance) for mid in itertools.combinations(range(1, T), k - 1))
         path, value = res[k]
@@ -162,7 +163,7 @@ def test_dp_not_worse_than_any_random_valid_path(small_terms, data):
     k = data.draw(st.integers(1, T))
     mid = sorted(data.draw(st.lists(st.integers(1, T - 1), min_size=k - 1, max_size=k - 1, unique=True)))
     variance = data.draw(st.sampled_from(elbo.VARIANCES))
-    assert elbo.dp_paths(terms, [k], variance)[k][1] <= terms.nelbo([0, *mid, T], variance) + 1e-12
+    assert elbo_dp.dp_paths(terms, [k], variance)[k][1] <= terms.nelbo([0, *mid, T], variance) + 1e-12
 
 
 def test_dp_on_a_candidate_subset_and_budget_errors(digit_sets):
@@ -170,10 +171,10 @@ def test_dp_on_a_candidate_subset_and_budget_errors(digit_sets):
     model = elbo.as_ddpm(Empirical(y), DiscreteVP.linear(1000))
     terms = elbo.estimate_terms(model, x[:8], steps=[1, 250, 500, 750])
     assert list(terms.steps) == [1, 250, 500, 750, 1000]          # T is always added
-    res = elbo.dp_paths(terms, [1, 2, 5])
+    res = elbo_dp.dp_paths(terms, [1, 2, 5])
     assert set(res[2][0]) <= {0, 1, 250, 500, 750, 1000} and list(res[5][0]) == [0, 1, 250, 500, 750, 1000]
     with pytest.raises(ValueError, match="budgets"):
-        elbo.dp_paths(terms, [6])
+        elbo_dp.dp_paths(terms, [6])
     with pytest.raises(ValueError, match="not evaluated"):
         terms.nelbo([0, 100, 1000])
 
@@ -188,7 +189,7 @@ def test_nelbo_of_the_exact_model_is_above_the_entropy_of_its_data(digit_sets):
     fit = elbo.estimate_terms(model, y, steps=steps, seed=0)
     fresh = elbo.estimate_terms(model, y.repeat(4, 1, 1, 1), steps=steps, seed=1)
     floor = math.log2(y.shape[0]) / fit.dim
-    res = elbo.dp_paths(fit, [1, 2, 4, 8, 32])
+    res = elbo_dp.dp_paths(fit, [1, 2, 4, 8, 32])
     for k in (1, 2, 4, 8):
         assert fresh.bits_per_dim(res[k][0]) > floor
     assert fresh.bits_per_dim(fresh.full_path()) < floor + 0.05        # near-tight with 101 steps
@@ -200,33 +201,33 @@ def test_nelbo_of_the_exact_model_is_above_the_entropy_of_its_data(digit_sets):
 def test_even_stride_is_the_iddpm_respacing(T, K):
     noise = DiscreteVP.linear(T) if T >= 2 else None
     respaced = Schedule.iddpm_respace(K, noise=noise).meta["timesteps"][::-1]
-    assert list(elbo.stride_path(T, K, 1.0)) == [0] + [n + 1 for n in respaced]
+    assert list(elbo_dp.stride_path(T, K, 1.0)) == [0] + [n + 1 for n in respaced]
 
 
 @settings(max_examples=80, deadline=None)
 @given(T=st.integers(2, 2000), data=st.data(), power=st.floats(0.3, 4.0))
 def test_stride_paths_are_valid(T, data, power):
     K = data.draw(st.integers(1, T))
-    p = elbo.stride_path(T, K, power)
+    p = elbo_dp.stride_path(T, K, power)
     assert len(p) == K + 1
     elbo.check_path(p, T)
 
 
 def test_quadratic_stride_is_dense_near_the_data():
-    p = elbo.stride_path(1000, 10, 2.0)
+    p = elbo_dp.stride_path(1000, 10, 2.0)
     assert np.all(np.diff(np.diff(p[1:])) >= 0) and p[2] - p[1] < p[-1] - p[-2]
 
 
 def test_path_to_schedule():
     noise = DiscreteVP.linear(1000)
-    s = elbo.path_to_schedule([0, 1, 400, 1000], noise, meta={"bits_per_dim": 1.0})
+    s = elbo_dp.path_to_schedule([0, 1, 400, 1000], noise, meta={"bits_per_dim": 1.0})
     assert s.steps == 3 and s.has_final_zero
     assert np.array_equal(s.sigmas[:-1], noise.sigmas[[999, 399, 0]])
     assert s.meta["path"] == [0, 1, 400, 1000] and s.meta["timesteps"] == [999, 399, 0]
     assert Schedule.from_json(s.to_json()) == s
     for bad in ([1, 1000], [0, 500], [0, 500, 500, 1000], [0.0, 1000.0]):
         with pytest.raises(ValueError, match="path"):
-            elbo.path_to_schedule(bad, noise)
+            elbo_dp.path_to_schedule(bad, noise)
 
 
 def test_terms_round_trip_and_bad_files(small_terms, tmp_path):
@@ -282,8 +283,8 @@ def test_optimize_method_elbo_dp():
     assert s.meta["bits_per_dim"] > 0 and s.meta["bits_per_dim_train"] > 0
 
 
-def test_cli_elbo_table(tmp_path):
-    from dpmsched.__main__ import main
+def test_cli_elbo_table(tmp_path, capsys):
+    from dpmsched.cli import main
 
     out, cache = tmp_path / "t.json", tmp_path / "cache"
     argv = ["elbo-table", "--model", "digits-empirical", "--ks", "2,3", "--candidates", "3", "--n-train", "16",
@@ -296,6 +297,12 @@ def test_cli_elbo_table(tmp_path):
     assert math.isfinite(r["full"]) and len(list(cache.glob("*.json"))) == 2
     with pytest.raises(SystemExit):
         main(["elbo-table", "--ks", "a,b", "--out", str(out)])
+    capsys.readouterr()
+    for bad in (["--n-train", "-3"], ["--n-test", "x"], ["--candidates", "-1"]):   # counts are checked (no train[:-3])
+        with pytest.raises(SystemExit) as e:
+            main(["elbo-table", *bad, "--out", str(tmp_path / "never.json")])
+        assert e.value.code == 2 and bad[0] in capsys.readouterr().err
+    assert not (tmp_path / "never.json").exists()
 
 
 # -- the exact discrete model (dpmsched.denoisers.discrete) ---------------------------------------------------
@@ -347,13 +354,13 @@ def test_sample_quality_shares_noise_and_ranks_truncation_error(digit_sets):
     y, _ = digit_sets
     model = elbo.as_ddpm(Empirical(y))                            # exact ε-model, T = 1000
     T = model.noise.T
-    fine = elbo.path_to_schedule(elbo.stride_path(T, 24, 2.0), model.noise, "fine")
-    coarse = elbo.path_to_schedule(elbo.stride_path(T, 2, 2.0), model.noise, "coarse")
-    q = elbo.sample_quality(model, {"a": fine, "b": fine, "c": coarse}, 48, seed=1, n_ref=16, ref_steps=12)
+    fine = elbo_dp.path_to_schedule(elbo_dp.stride_path(T, 24, 2.0), model.noise, "fine")
+    coarse = elbo_dp.path_to_schedule(elbo_dp.stride_path(T, 2, 2.0), model.noise, "coarse")
+    q = elbo_dp.sample_quality(model, {"a": fine, "b": fine, "c": coarse}, 48, seed=1, n_ref=16, ref_steps=12)
     assert q["a"]["fd_ancestral"] == q["b"]["fd_ancestral"] and q["a"]["fd_ddim"] == q["b"]["fd_ddim"]
     assert torch.equal(q["a"]["samples"], q["b"]["samples"]) and q["a"]["samples"].shape == (48, 1, 8, 8)
     assert q["a"]["trunc_ddim"] < 0.5 * q["c"]["trunc_ddim"]      # more steps, smaller DDIM truncation error
     with pytest.raises(ValueError, match="sigma_max"):
-        elbo.sample_quality(model, {"x": fine.without_final_zero()}, 4, n_ref=2, ref_steps=2)
+        elbo_dp.sample_quality(model, {"x": fine.without_final_zero()}, 4, n_ref=2, ref_steps=2)
     with pytest.raises(ValueError, match="rows"):
-        elbo.sample_schedule(model, fine, 4, z=torch.zeros(3, 1, 8, 8, dtype=torch.float64))
+        solvers.sample(model, fine, "euler", 4, z=torch.zeros(3, 1, 8, 8, dtype=torch.float64))

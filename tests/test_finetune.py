@@ -1,5 +1,6 @@
-"""Phase-2 finetuning and the alternating loop (ALGORITHMS.md §3.5): the loss, the weights, DDP, resume,
+"""Phase-2 finetuning and the alternating loop (docs/math.md §3.5): the loss, the weights, DDP, resume,
 the checkpoint tied to its schedule."""
+import json
 import math
 import os
 import socket
@@ -13,9 +14,12 @@ import pytest
 import torch
 
 from dpmsched import Schedule, finetune
+from dpmsched.cli import main as cli_main
+from dpmsched.cli.finetune import main as cli_finetune
 from dpmsched.denoisers.exact import Gaussian
 from dpmsched.denoisers.nets import MLP, EDMDenoiser
 from dpmsched.finetune import Phase2Config, dsm_loss, step_weights
+from dpmsched.optimize.teacher import reference_endpoints
 from dpmsched.theory import convex_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +107,7 @@ def test_dsm_loss_shape_errors():
 
 
 def test_config_validation():
+    assert Phase2Config().loss == "distill"          # the reading that improves samples (README) is the default
     with pytest.raises(ValueError, match="unknown Phase-2 loss"):
         Phase2Config(loss="bogus")
     with pytest.raises(ValueError, match="iters must be >= 1"):
@@ -117,7 +122,7 @@ def test_config_validation():
 def test_phase2_dsm_lowers_the_loss_at_the_selected_steps(gen):
     net, data = TinyEDM(), toy_data()
     s = Schedule.karras(4)
-    cfg = Phase2Config(iters=60, batch=32, lr=5e-3, ema_halflife=0, seed=0)
+    cfg = Phase2Config(loss="dsm", iters=60, batch=32, lr=5e-3, ema_halflife=0, seed=0)
     x0 = toy_data(512, seed=5)
     eps = torch.randn(512, 4, 4, generator=gen, dtype=torch.float64)
     lam = step_weights(s, cfg.weights)
@@ -134,7 +139,7 @@ def test_phase2_dsm_lowers_the_loss_at_the_selected_steps(gen):
 def test_phase2_distill_lowers_the_few_step_error():
     net = TinyEDM()
     s = Schedule.karras(3)
-    pairs = finetune.teacher_pairs(net, 128, (4,), 80.0, 0.002, seed=3, steps=16, dtype=torch.float64)
+    pairs = reference_endpoints(net, 128, 3, 16, 256, sigma_range=(0.002, 80.0), dtype=torch.float64, cache=False)
     cfg = Phase2Config(iters=60, batch=32, lr=3e-3, loss="distill", ema_halflife=0)
 
     def err(m):
@@ -147,7 +152,7 @@ def test_phase2_distill_lowers_the_few_step_error():
 
 def test_phase2_is_deterministic_and_rejects_bad_input():
     s = Schedule.karras(3)
-    cfg = Phase2Config(iters=5, batch=8, lr=1e-3)
+    cfg = Phase2Config(loss="dsm", iters=5, batch=8, lr=1e-3)
     a, _ = finetune.phase2(TinyEDM(), s, toy_data(), config=cfg, device="cpu")
     b, _ = finetune.phase2(TinyEDM(), s, toy_data(), config=cfg, device="cpu")
     assert torch.equal(params(a), params(b))
@@ -160,7 +165,7 @@ def test_phase2_is_deterministic_and_rejects_bad_input():
 def test_kill_and_resume_gives_the_same_parameters(tmp_path):
     """Interrupt after iteration 7 (last checkpoint at 6), resume: same model, EMA and Adam state as uninterrupted."""
     s = Schedule.karras(3)
-    cfg = Phase2Config(iters=10, batch=8, lr=1e-3, ema_halflife=3, checkpoint_every=3, seed=4)
+    cfg = Phase2Config(loss="dsm", iters=10, batch=8, lr=1e-3, ema_halflife=3, checkpoint_every=3, seed=4)
     full, _ = finetune.phase2(TinyEDM(), s, toy_data(), config=cfg, device="cpu", state_dir=tmp_path / "a")
 
     class Killed(Exception):
@@ -172,21 +177,22 @@ def test_kill_and_resume_gives_the_same_parameters(tmp_path):
 
     with pytest.raises(Killed):
         finetune.phase2(TinyEDM(), s, toy_data(), config=cfg, device="cpu", state_dir=tmp_path / "b", callback=kill)
-    import json
-    assert json.loads((tmp_path / "b" / "state.json").read_text())["step"] == 6
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "b" / "state.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["meta"])["step"] == 6                 # one file: tensors + their step
     resumed, hist = finetune.phase2(TinyEDM(), s, toy_data(), config=cfg, device="cpu",
                                     state_dir=tmp_path / "b", resume=True)
     assert hist["start_iteration"] == 6 and len(hist["loss"]) == 10      # the loss history survives too
     assert torch.equal(params(full), params(resumed))
     # the raw (non-EMA) weights and the Adam moments match too
-    from dpmsched.checkpoints import tensors_from_file
+    from dpmsched.files import tensors_from_file
     ta, tb = (tensors_from_file(tmp_path / k / "state.safetensors") for k in "ab")
     keys = {k for k in ta if k.split(".")[0] in ("net", "ema", "opt")}
     assert any(k.startswith("opt.") for k in keys) and keys == {k for k in tb if k.split(".")[0] in ("net", "ema", "opt")}
     assert all(torch.equal(ta[k], tb[k]) for k in keys)
     # resuming with another configuration is refused (train.py's check)
-    with pytest.raises(ValueError, match="another config"):
-        finetune.phase2(TinyEDM(), s, toy_data(), config=Phase2Config(iters=10, batch=8, lr=2e-3, checkpoint_every=3),
+    with pytest.raises(ValueError, match="other settings"):
+        finetune.phase2(TinyEDM(), s, toy_data(), config=Phase2Config(loss="dsm", iters=10, batch=8, lr=2e-3, checkpoint_every=3),
                         device="cpu", state_dir=tmp_path / "b", resume=True)
 
 
@@ -196,9 +202,10 @@ _DDP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_finetune import TinyEDM, toy_data
     from dpmsched import Schedule, finetune
+    from dpmsched.optimize.teacher import reference_endpoints
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
-    pairs = finetune.teacher_pairs(TinyEDM(seed=9), 64, (4,), 80.0, 0.002, seed=1, steps=8, dtype=torch.float64)
+    pairs = reference_endpoints(TinyEDM(seed=9), 64, 1, 8, 256, sigma_range=(0.002, 80.0), dtype=torch.float64, cache=False)
     out = {{}}
     for loss in ("dsm", "distill"):
         cfg = finetune.Phase2Config(iters=6, batch=16, lr=1e-3, ema_halflife=2, seed=2, loss=loss)
@@ -229,7 +236,7 @@ def test_ddp_two_gloo_processes_equal_single_process_doubled_batch(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
     logs = [p.communicate(timeout=300)[0].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    pairs = finetune.teacher_pairs(TinyEDM(seed=9), 64, (4,), 80.0, 0.002, seed=1, steps=8, dtype=torch.float64)
+    pairs = reference_endpoints(TinyEDM(seed=9), 64, 1, 8, 256, sigma_range=(0.002, 80.0), dtype=torch.float64, cache=False)
     got = torch.load(out)
     for loss in ("dsm", "distill"):
         cfg = Phase2Config(iters=6, batch=16, lr=1e-3, ema_halflife=2, seed=2, loss=loss)
@@ -240,7 +247,7 @@ def test_ddp_two_gloo_processes_equal_single_process_doubled_batch(tmp_path):
 
 
 def test_batch_must_divide_world_size(monkeypatch):
-    monkeypatch.setattr(finetune, "_dist", lambda: (0, 3))
+    monkeypatch.setattr(finetune.loop, "rank_world", lambda: (0, 3))
     with pytest.raises(ValueError, match="divisible by the world size 3"):
         finetune.phase2(TinyEDM(), Schedule.karras(3), toy_data(), config=Phase2Config(batch=8), device="cpu")
 
@@ -253,7 +260,7 @@ def test_alternate_recomputes_phase1_each_round_with_the_current_model():
         seen.append(params(model).clone())
         return Schedule.karras(steps, rho=5.0 + len(seen))
 
-    cfg = Phase2Config(iters=5, batch=8, lr=1e-3)
+    cfg = Phase2Config(loss="dsm", iters=5, batch=8, lr=1e-3)
     calls = []
     model, sched, hist = finetune.alternate(TinyEDM(), 3, toy_data(), rounds=2, phase1=phase1, config=cfg, device="cpu",
                                             on_round=lambda r, m, s, h: calls.append((r, params(m), s.sigmas, h)))
@@ -280,7 +287,7 @@ def test_check_schedule_warns_on_another_schedule_or_solver():
 def test_finetuned_checkpoint_round_trips_with_its_schedule(tmp_path):
     # float32 like the shipped models (checkpoints.load_model builds the net in float32 before loading)
     s = Schedule.karras(3, rho=5.0)
-    tuned, _ = finetune.phase2(TinyEDM().float(), s, toy_data().float(), config=Phase2Config(iters=3, batch=8),
+    tuned, _ = finetune.phase2(TinyEDM().float(), s, toy_data().float(), config=Phase2Config(loss="dsm", iters=3, batch=8),
                                solver="heun", device="cpu")
     finetune.save_finetuned(tuned, tmp_path / "ft", s, "heun", {"rounds": 1})
     import warnings
@@ -292,9 +299,9 @@ def test_finetuned_checkpoint_round_trips_with_its_schedule(tmp_path):
     assert torch.equal(back(x, 0.7), tuned(x, 0.7))               # same weights, same function
     with pytest.warns(finetune.ScheduleMismatchWarning):
         finetune.load_finetuned(tmp_path / "ft", Schedule.karras(3), "heun")
-    from dpmsched.denoisers import load                           # the generic loader is covered too
+    from dpmsched.models import load  # the generic loader is covered too
     with pytest.warns(finetune.ScheduleMismatchWarning, match="solver 'euler'"):
-        finetune.sample(load(tmp_path / "ft"), s, "euler", n=4)
+        finetune.model_samples(load(tmp_path / "ft"), s, "euler", n=4)
     # a plain (not finetuned) checkpoint is refused by load_finetuned
     from dpmsched.checkpoints import save_model
     save_model(TinyEDM(), tmp_path / "plain", kind="edm", dataset="toy")
@@ -312,13 +319,12 @@ def test_alternate_distill_teacher_base_vs_current(monkeypatch):
         seen.append(kw["pairs"])
         return real(model, sched, data, **kw)
 
-    monkeypatch.setattr(finetune, "phase2", spy)
+    monkeypatch.setattr(finetune.loop, "phase2", spy)
     base = TinyEDM()
     cfg = Phase2Config(iters=2, batch=8, lr=1e-3, loss="distill", teacher_pairs=16, teacher_steps=4)
     finetune.alternate(base, 2, rounds=2, phase1=lambda m, n, s: Schedule.karras(n), config=cfg, device="cpu")
     assert seen[0] is seen[1]
-    z, x_ref = finetune.teacher_pairs(base, 16, (4,), 80.0, 0.002, seed=cfg.seed + 7919, steps=4,
-                                      dtype=torch.float64)
+    z, x_ref = reference_endpoints(base, 16, cfg.seed + 7919, 4, 256, sigma_range=(0.002, 80.0), dtype=torch.float64, cache=False)
     assert torch.equal(seen[0][0], z) and torch.equal(seen[0][1], x_ref)
     seen.clear()
     from dataclasses import replace
@@ -330,7 +336,7 @@ def test_alternate_distill_teacher_base_vs_current(monkeypatch):
 
 
 def test_alternate_default_phase1_is_huang():
-    m, s, hist = finetune.alternate(TinyEDM(), 3, toy_data(), rounds=1, config=Phase2Config(iters=2, batch=8),
+    m, s, hist = finetune.alternate(TinyEDM(), 3, toy_data(), rounds=1, config=Phase2Config(loss="dsm", iters=2, batch=8),
                                     device="cpu")
     assert s.name == "huang" and s.steps == 3 and s.sigmas[0] == 80.0 and math.isclose(s.sigmas[-1], 0.002)
     assert m.finetuned_for["schedule"]["sigmas"] == list(s.sigmas)
@@ -347,8 +353,8 @@ def test_gpu_preset_plumbing_on_cpu(tmp_path, monkeypatch):
     finetune.Phase2Config(**preset["phase2"])                      # the preset's hyper-parameters validate
     monkeypatch.setitem(preset, "base", dict(preset["base"], batch=4))
     out = tmp_path / "gpu"
-    rc = finetune.cli_finetune(["--scale", "gpu", "--steps", "2", "--rounds", "1", "--base-steps", "1", "--iters", "1",
-                                "--batch", "4", "--eval-samples", "4", "--phase1-opt", "n=4", "--phase1-opt",
+    rc = cli_finetune(["--scale", "gpu", "--steps", "2", "--rounds", "1", "--base-steps", "1", "--iters", "1",
+                      "--batch", "4", "--teacher-pairs", "8", "--teacher-steps", "2", "--eval-samples", "4", "--phase1-opt", "n=4", "--phase1-opt",
                                 "grid_points=8", "--device", "cpu", "--out", str(out)])
     assert rc == 0
     cfg = json.loads((out / "model" / "config.json").read_text())
@@ -358,7 +364,28 @@ def test_gpu_preset_plumbing_on_cpu(tmp_path, monkeypatch):
     assert [r["round"] for r in summary["rounds"]] == [0, 1] and summary["phase1"] == {"n": 4, "grid_points": 8}
     assert all(math.isfinite(r["rmse"]) and math.isfinite(r["frechet"]) for r in summary["rounds"])
     m, s, solver = finetune.load_finetuned(out / "model")
-    x = finetune.sample(m, s, solver, n=3)
+    x = finetune.model_samples(m, s, solver, n=3)
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
     with pytest.raises(ValueError, match="no base model"):
         finetune.train_base("cpu-small", tmp_path)
+
+
+def test_cli_resume_with_other_settings_is_refused(tmp_path, capsys):
+    """A --resume with another --steps (or solver, loss, model …) would reuse the old schedule while the summary
+    records the new settings: it is refused with one line naming what differs, and nothing is changed."""
+    out = tmp_path / "ft"
+    tiny = ["--model", "toy2d-edm", "--rounds", "1", "--iters", "1", "--batch", "8", "--teacher-pairs", "8",
+            "--teacher-steps", "2", "--eval-samples", "8", "--phase1-opt", "n=8", "--phase1-opt", "grid_points=8",
+            "--device", "cpu", "--out", str(out)]
+    assert cli_main(["finetune", "--steps", "3", *tiny]) == 0
+    summary = (out / "summary.json").read_bytes()
+    capsys.readouterr()
+    for change, msg in ((["--steps", "4"], "steps was 3, now 4"), (["--steps", "3", "--solver", "heun"], "solver was"),
+                        (["--steps", "3", "--loss", "dsm"], "phase2.loss was 'distill', now 'dsm'")):
+        assert cli_main(["finetune", *change, *tiny, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "dpmsched finetune: error: --resume with other settings" in err and msg in err, err
+    assert cli_main(["finetune", "--steps", "3", *tiny]) == 2                # an existing run without --resume
+    assert "pass --resume" in capsys.readouterr().err
+    assert (out / "summary.json").read_bytes() == summary
+    assert cli_main(["finetune", "--steps", "3", *tiny, "--resume"]) == 0   # the same settings resume fine

@@ -1,4 +1,4 @@
-"""nets.py: EDM preconditioning (ALGORITHMS.md §0.1), the UNet skip hook (§5.2), dtype and σ-gradients."""
+"""nets.py: EDM preconditioning (docs/math.md §0.1), the UNet skip hook (§5.2), dtype and σ-gradients."""
 import math
 
 import numpy as np
@@ -7,8 +7,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpmsched.denoisers.nets import (MLP, DigitsClassifier, EDMDenoiser, UNet, build_net, level_skip_scales,
-                                     precond_coefficients)
+from dpmsched.denoisers.nets import (
+    MLP,
+    DigitsClassifier,
+    EDMDenoiser,
+    UNet,
+    build_net,
+    level_skip_scales,
+    precond_coefficients,
+)
 from dpmsched.denoisers.vp import VPDenoiser
 from dpmsched.noise import DiscreteVP
 

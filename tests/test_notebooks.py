@@ -53,7 +53,7 @@ def test_parameters_cell_is_typed_and_commented(path):
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
-    assert "check_parameters(globals())" in code[1].source
+    assert "check_parameters(globals()" in code[1].source
     params = pm.inspect_notebook(str(path))
     assert {"results_json", "figures_dir"} <= set(params)
     for name, p in params.items():

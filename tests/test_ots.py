@@ -1,4 +1,4 @@
-"""OTS (Xue et al.; ALGORITHMS.md §4.2–4.3, §4.8, §9.5)."""
+"""OTS (Xue et al.; docs/math.md §4.2–4.3, §4.8, §9.5)."""
 import math
 
 import numpy as np
@@ -7,7 +7,8 @@ from scipy.integrate import quad
 
 from dpmsched import Schedule
 from dpmsched.optimize import optimize
-from dpmsched.optimize.ots import j_coefficients, ots, ots_objective, solver_order
+from dpmsched.optimize.ots import j_coefficients, ots, ots_objective
+from dpmsched.solvers import solver_order
 
 
 def _lagrange(nodes, j, lam):
@@ -38,7 +39,7 @@ def test_j_coefficients_reject_missing_nodes():
 
 
 def test_regression_section_4_8():
-    """Our port reproduces ALGORITHMS.md §4.8 (N = 5, 6; p = 1, order 3, uniform-λ init)."""
+    """Our port reproduces docs/math.md §4.8 (N = 5, 6; p = 1, order 3, uniform-λ init)."""
     for N, want in [(5, [80, 3.063, 1.114, 0.3737, 0.0723, 0.002]),
                     (6, [80, 4.456, 1.303, 0.6462, 0.2176, 0.0520, 0.002])]:
         s = ots(None, N, "dpmpp_3m")

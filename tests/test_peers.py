@@ -1,5 +1,5 @@
 """The peers: AYS (KLUB by DP), GITS, direct (LD3-style), hand-tuned baselines, the CLI.
-(ALGORITHMS.md §8.1, §8.2, §8.4, §9.5)"""
+(docs/math.md §8.1, §8.2, §8.4, §9.5)"""
 import json
 import math
 
@@ -9,9 +9,10 @@ import torch
 from scipy.integrate import quad
 
 from dpmsched import Schedule, solvers, theory
-from dpmsched.denoisers import load
+from dpmsched.cli.optimize import main as cli_optimize
+from dpmsched.models import load
 from dpmsched.optimize import ays as AYS
-from dpmsched.optimize import bound, cli_optimize, optimize
+from dpmsched.optimize import bound, optimize
 from dpmsched.optimize import teacher as TT
 
 C_STD = 0.5
@@ -167,3 +168,22 @@ def test_cli_optimize_writes_schedule_json(tmp_path, capsys):
     assert len(d["sigmas"]) == 5 and d["sigmas"][0] == 80.0 and d["meta"]["method"] == "ots"
     with pytest.raises(ValueError, match="unknown method"):
         optimize("gauss1d", "nope", 4)
+
+
+@pytest.mark.parametrize("opt,msg", [("refine=no", "refine='no' of method 'huang' must be a bool"),
+                                     ("n=8.7", "n=8.7 of method 'huang' must be a int"),
+                                     ("nn=3", "unknown option 'nn' for method 'huang'; valid options: n=128")])
+def test_optimize_refuses_mistyped_or_unknown_options(tmp_path, capsys, opt, msg):
+    from dpmsched.cli import main
+
+    out = tmp_path / "s.json"
+    assert main(["optimize", "--model", "toy2d-ring", "--method", "huang", "--steps", "3", "--opt", opt,
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("method", ["karras", "uniform-t", "huang", "gits"])
+def test_optimize_refuses_an_unknown_solver_for_every_method(method):
+    with pytest.raises(ValueError, match="unknown solver 'foo'"):
+        optimize("toy2d-ring", method, 3, solver="foo")

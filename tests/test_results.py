@@ -4,6 +4,7 @@ import json
 import pytest
 
 from dpmsched import results as R
+from dpmsched.cli.results import main as cli_results
 
 
 def _rows():
@@ -75,12 +76,12 @@ def test_cli_writes_section_figure_and_checks(tmp_path):
     readme.write_text(f"a\n{R.BEGIN}\n{R.END}\nb\n")
     fig = tmp_path / "h.png"
     argv = ["--bench", str(f), "--readme", str(readme), "--figure", str(fig)]
-    assert R.cli_results(argv + ["--check"]) == 1
-    assert R.cli_results(argv) == 0
+    assert cli_results(argv + ["--check"]) == 1
+    assert cli_results(argv) == 0
     text = readme.read_text()
     assert "python benchmarks/bench_schedules.py" in text and "| gits | 0.2 (0.50×)" in text
     assert "Fréchet-digits" in text and fig.stat().st_size > 1000
-    assert R.cli_results(argv + ["--check"]) == 0
+    assert cli_results(argv + ["--check"]) == 0
 
 
 def test_readme_results_section_is_generated_from_the_stored_benchmark():
@@ -91,4 +92,4 @@ def test_readme_results_section_is_generated_from_the_stored_benchmark():
     bench = root / "benchmarks" / "schedules.json"
     if not bench.exists():
         pytest.skip("no stored benchmark yet")
-    assert R.cli_results(["--bench", str(bench), "--readme", str(root / "README.md"), "--check"]) == 0
+    assert cli_results(["--bench", str(bench), "--readme", str(root / "README.md"), "--check"]) == 0

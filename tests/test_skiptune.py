@@ -1,4 +1,4 @@
-"""Skip-Tuning (ALGORITHMS.md §5): ρ conventions, the hook on the shipped UNet and on a diffusers
+"""Skip-Tuning (docs/math.md §5): ρ conventions, the hook on the shipped UNet and on a diffusers
 UNet2DModel (checked by capturing activations), restoration, σ-windows, the denoising loss, grid search."""
 import math
 
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpmsched import Schedule, skiptune
+from dpmsched import Schedule, plots, skiptune
 from dpmsched.denoisers.exact import Gaussian
 from dpmsched.denoisers.nets import EDMDenoiser, UNet
 from dpmsched.skiptune import interpolate_rho, skip_layout, skip_scales, skip_tuning
@@ -30,11 +30,11 @@ def den():
 @pytest.fixture(scope="module")
 def tiny_diffusers(tmp_path_factory):
     pytest.importorskip("diffusers")
-    from dpmsched import denoisers
-    from dpmsched.denoisers.adapters import tiny_unet_folder
+    from dpmsched import models
+    from dpmsched.adapters import tiny_unet_folder
 
     folder = tiny_unet_folder(tmp_path_factory.mktemp("tiny") / "unet")
-    vp = denoisers.load(str(folder))
+    vp = models.load(str(folder))
     vp.model.unet.double()
     return vp
 
@@ -215,7 +215,7 @@ def test_bad_rho_rejected_and_model_restored(den):
     with pytest.raises(ValueError, match="sigma_window"):
         with skip_tuning(den, 0.9, 0.9, sigma_window=(3.0, 1.0)):
             pass
-    assert den.net.skip_scales is None and not getattr(den.net, "_dpmsched_skiptune_active")
+    assert den.net.skip_scales is None and not den.net._dpmsched_skiptune_active
 
 
 # -- σ-window --------------------------------------------------------------------------------------------
@@ -280,11 +280,11 @@ def test_grid_search_brute_force_and_pool(den):
     for i, rt in enumerate(tops):                                  # every cell equals a direct computation
         for j, rb in enumerate(bottoms):
             with skip_tuning(den, rt, rb) as d:
-                x = solvers.sample(d, "euler", sched, 16, seed=2, dtype=torch.float64)
+                x = solvers.sample(d, sched, "euler", 16, seed=2, dtype=torch.float64)
             assert r["scores"][i, j] == mean_abs(x)
     i, j = np.unravel_index(np.argmin(r["scores"]), (2, 2))
     assert r["best"] == {"rho_top": tops[i], "rho_bottom": bottoms[j], "score": r["scores"][i, j]}
-    assert r["baseline"] == mean_abs(solvers.sample(den, "euler", sched, 16, seed=2, dtype=torch.float64))
+    assert r["baseline"] == mean_abs(solvers.sample(den, sched, "euler", 16, seed=2, dtype=torch.float64))
     assert math.isclose(r["improvement"], r["baseline"] / r["best"]["score"])
     pooled = skiptune.grid_search(den, sched, "euler", tops, bottoms, n=16, seed=2, score=mean_abs,
                                   dtype=torch.float64, workers=2)
@@ -305,9 +305,9 @@ def test_grid_search_rejects_bad_input(den):
 
 # -- the shipped model, the default score, the figures ------------------------------------------------
 def test_shipped_digits_edm_layout_and_restore():
-    from dpmsched import denoisers
+    from dpmsched import models
 
-    d = denoisers.load("digits-edm").eval()
+    d = models.load("digits-edm").eval()
     kind, n, levels = skip_layout(d)
     assert kind == "unet" and n == len(d.net.skip_levels) and levels == tuple(d.net.skip_levels)
     assert levels[0] == max(levels) and levels[-1] == 0            # pop order: deepest first, input conv last
@@ -335,7 +335,7 @@ def test_digits_mosaic_places_every_image():
 
     matplotlib.use("Agg")
     x = torch.rand(5, 1, 3, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    ax = skiptune.digits_mosaic(x, nrow=2)
+    ax = plots.digits_mosaic(x, nrow=2)
     canvas = np.asarray(ax.images[0].get_array())
     assert canvas.shape == (3 * 4 + 1, 2 * 3 + 1)
     for k in range(5):                                   # image k at row k // 2, column k % 2, 1-pixel gaps
@@ -343,7 +343,7 @@ def test_digits_mosaic_places_every_image():
         np.testing.assert_allclose(canvas[1 + 4 * r:4 + 4 * r, 1 + 3 * c:3 + 3 * c], (x[k, 0].double().numpy() + 1) / 2)
     assert (canvas[3 * 4 - 3:3 * 4, 4:6] == 1).all()     # the empty sixth slot stays blank
     with pytest.raises(ValueError, match="shape"):
-        skiptune.digits_mosaic(torch.zeros(2, 3, 4, 4))
+        plots.digits_mosaic(torch.zeros(2, 3, 4, 4))
 
 
 def test_plot_heatmap_marks_best_and_plain():
@@ -352,7 +352,7 @@ def test_plot_heatmap_marks_best_and_plain():
     matplotlib.use("Agg")
     r = {"rho_top": [1.0, 0.8], "rho_bottom": [1.0, 0.6], "scores": np.array([[5.0, 4.0], [3.0, 6.0]]),
          "best": {"rho_top": 0.8, "rho_bottom": 1.0, "score": 3.0}, "solver": "euler", "nfe": 5}
-    ax = skiptune.plot_heatmap(r)
+    ax = plots.skip_heatmap(r)
     (rect,) = [p for p in ax.patches]
     assert rect.get_xy() == (-0.5, 0.5)                  # column ρ_bottom = 1.0, row ρ_top = 0.8
     texts = {t.get_text() for t in ax.texts}

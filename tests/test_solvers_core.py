@@ -1,4 +1,3 @@
-import math
 import subprocess
 import sys
 
@@ -41,7 +40,7 @@ def test_callback_and_denoise_to_zero():
     assert [d["i"] for d in seen] == [0, 1, 2, 3, 4]
     assert [d["sigma"] for d in seen] == pytest.approx(list(s.sigmas))
     assert torch.equal(out, seen[-1]["denoised"])
-    assert len(seen) == s.nfe("euler", denoise_to_zero=True)
+    assert len(seen) == solvers.nfe("euler", s, denoise_to_zero=True)
     with pytest.raises(ValueError, match="denoise_to_zero needs"):
         solvers.euler(den, x, s.with_final_zero(), denoise_to_zero=True)
 
@@ -58,7 +57,7 @@ def test_heun_nfe_matches_calls():
     for s in (Schedule.karras(5), Schedule.karras(5).with_final_zero()):
         calls.clear()
         solvers.heun(counting, x, s)
-        assert len(calls) == s.nfe("heun")
+        assert len(calls) == solvers.nfe("heun", s)
 
 
 def test_final_zero_euler_returns_last_denoised():
@@ -129,19 +128,25 @@ def test_euler_is_differentiable_in_the_schedule():
     assert solvers.euler(den, 80.0 * z.float(), Schedule.karras(4)).dtype == torch.float32
 
 
-def test_model_registry_and_optimize_cli(tmp_path):
-    from dpmsched import denoisers
-    from dpmsched.__main__ import main
+def test_model_registry_and_optimize_cli(tmp_path, capsys):
+    from dpmsched import models
+    from dpmsched.cli import main
 
-    m = denoisers.load("toy2d-ring")
+    m = models.load("toy2d-ring")
     assert m.event_shape == (2,) and m.sigma_max == 80.0
     with pytest.raises(ValueError, match="unknown model 'nope'"):
-        denoisers.load("nope")
+        models.load("nope")
     out = tmp_path / "s.json"
     assert main(["optimize", "--model", "toy2d-ring", "--method", "karras", "--steps", "6",
                  "--opt", "rho=3", "--out", str(out)]) == 0
     s = Schedule.from_json(out)
     assert s.steps == 6 and s.meta["method"] == "karras"
     np.testing.assert_array_equal(s.sigmas, Schedule.karras(6, rho=3).sigmas)
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(SystemExit) as e:                             # argparse: one usage line, exit 2
         main(["optimize", "--model", "toy2d-ring", "--method", "magic", "--steps", "6"])
+    assert e.value.code == 2 and "invalid choice: 'magic'" in capsys.readouterr().err
+    assert main(["optimize", "--model", "toy2d-ring", "--method", "gits", "--solver", "foo", "--steps", "6",
+                 "--out", str(tmp_path / "never.json")]) == 2
+    err = capsys.readouterr().err
+    assert "dpmsched optimize: error: unknown solver 'foo'" in err and "Traceback" not in err
+    assert not (tmp_path / "never.json").exists()

@@ -1,4 +1,4 @@
-"""DDIM-η, DDPM ancestral, Heun churn, DPM-Solver++ 2M/3M, UniPC, iPNDM, SA-Solver (ALGORITHMS.md §2, §6).
+"""DDIM-η, DDPM ancestral, Heun churn, DPM-Solver++ 2M/3M, UniPC, iPNDM, SA-Solver (docs/math.md §2, §6).
 
 Evidence: convergence orders against the closed-form PF-ODE solution on Gaussian data, exact identities
 between solvers, coefficient checks by quadrature, NFE = counted calls, distribution checks for the
@@ -66,7 +66,7 @@ def test_nfe_and_order_reject_unknown_options():
     with pytest.raises(ValueError, match="corrector"):
         solvers.solver_order("unipc", corrector="no")
     with pytest.raises(ValueError, match="unknown option"):
-        Schedule.karras(5).nfe("dpmpp_2m", order=3)
+        solvers.nfe("dpmpp_2m", Schedule.karras(5), order=3)
     # every option a solver takes is accepted, the generator included
     assert solvers.nfe("sa_solver", 5, tau=0.5, generator=torch.Generator(), mode="more_steps") == 6
     assert solvers.nfe("heun", 5, s_churn=1.0, final_zero=True) == 9
@@ -148,7 +148,7 @@ def test_nfe_counts_calls_and_callback(name, opts):
             calls.clear(), seen.clear()
             kw = dict(opts, generator=torch.Generator().manual_seed(0)) if name in STOCHASTIC else opts
             out = solvers.get(name)(counting, x, s, callback=seen.append, denoise_to_zero=dz, **kw)
-            assert len(calls) == s.nfe(name, denoise_to_zero=dz, **opts), (s, dz)
+            assert len(calls) == solvers.nfe(name, s, denoise_to_zero=dz, **opts), (s, dz)
             assert torch.isfinite(out).all()
             if name != "heun":                      # Heun's corrector calls are off the callback
                 assert len(seen) == len(calls)
@@ -235,10 +235,10 @@ def test_float32_state_stays_float32():
 
 
 # -- the sample command -------------------------------------------------------------------------------
-def test_sample_cli_matches_direct_call(tmp_path):
+def test_sample_cli_matches_direct_call(tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from dpmsched.__main__ import main
+    from dpmsched.cli import main
 
     out = tmp_path / "s.npz"
     assert main(["sample", "--model", "toy2d-ring", "--solver", "dpmpp_3m", "--steps", "6", "--n", "50",
@@ -250,7 +250,7 @@ def test_sample_cli_matches_direct_call(tmp_path):
     np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-12)       # batching does not change samples
     # a schedule file, a stochastic solver with an option, safetensors output
     sched = tmp_path / "k.json"
-    Schedule.karras(5, rho=3.0).to_json(sched)
+    sched.write_text(Schedule.karras(5, rho=3.0).to_json())
     out2 = tmp_path / "s.safetensors"
     assert main(["sample", "--model", "toy2d-ring", "--solver", "sa_solver", "--schedule", str(sched),
                  "--opt", "tau=0.5", "--n", "8", "--out", str(out2)]) == 0
@@ -259,15 +259,19 @@ def test_sample_cli_matches_direct_call(tmp_path):
     out3 = tmp_path / "u.npy"
     assert main(["sample", "--model", "toy2d-ring", "--baseline", "uniform-logsnr", "--steps", "5", "--n", "6",
                  "--out", str(out3)]) == 0
-    from dpmsched.denoisers import load
+    from dpmsched.models import load
 
     m = load("toy2d-ring")
     s = Schedule.uniform_logsnr(5, sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max))
     z = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     np.testing.assert_allclose(np.load(out3), solvers.euler(m, float(s.sigmas[0]) * z, s).numpy(), rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="contradicts"):
-        main(["sample", "--model", "toy2d-ring", "--schedule", str(sched), "--steps", "7", "--out", str(out)])
-    with pytest.raises(ValueError, match="unknown solver"):
-        main(["sample", "--model", "toy2d-ring", "--solver", "magic", "--steps", "4", "--out", str(out)])
+    capsys.readouterr()
+    before = out.read_bytes()
+    for argv, msg in ((["--schedule", str(sched), "--steps", "7"], "contradicts"),
+                      (["--solver", "magic", "--steps", "4"], "unknown solver 'magic'")):
+        assert main(["sample", "--model", "toy2d-ring", *argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "dpmsched sample: error:" in err and msg in err and "Traceback" not in err
+        assert out.read_bytes() == before                              # the old output is untouched
     with pytest.raises(SystemExit):
         main(["sample", "--model", "toy2d-ring", "--steps", "4", "--out", str(tmp_path / "x.txt")])

@@ -34,10 +34,10 @@ def test_convex_weights_hand_values():
 
 
 def test_huang_toy_section_3_6():
-    """ALGORITHMS.md §3.6: N = 8, c = 0.5, σ ∈ [0.002, 80]."""
+    """docs/math.md §3.6: N = 8, c = 0.5, σ ∈ [0.002, 80]."""
     assert theory.gaussian_bound(Schedule.karras(8), 0.5) == pytest.approx(1.751, abs=5e-4)
     opt = theory.gaussian_optimal_schedule(8, 0.5)
-    # to the digits ALGORITHMS.md gives: half a unit in the last printed place
+    # to the digits docs/math.md gives: half a unit in the last printed place
     given = ["80", "1.140", "0.5245", "0.2918", "0.1628", "0.0833", "0.0356", "0.0112", "0.002"]
     for v, txt in zip(opt.sigmas, given):
         places = len(txt.split(".")[1]) if "." in txt else 0

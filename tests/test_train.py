@@ -1,13 +1,14 @@
-"""train.py: losses (ALGORITHMS.md §0.1, §7), a short run lowers the loss, resume == uninterrupted, config errors."""
+"""train.py: losses (docs/math.md §0.1, §7), a short run lowers the loss, resume == uninterrupted, config errors."""
 import json
 import math
 
 import pytest
 import torch
 
-from dpmsched.__main__ import main
-from dpmsched.checkpoints import WEIGHTS, load_model, read_config, tensors_from_file
-from dpmsched.denoisers.nets import EDMDenoiser, MLP
+from dpmsched.checkpoints import WEIGHTS, load_model, read_config
+from dpmsched.cli import main
+from dpmsched.denoisers.nets import MLP, EDMDenoiser
+from dpmsched.files import tensors_from_file
 from dpmsched.train import ddpm_loss, edm_loss, load_config, make_data, make_model, train
 
 
@@ -75,14 +76,14 @@ def test_ddpm_loss_of_the_true_noise_is_zero_and_of_zero_is_one():
 # -- short runs ---------------------------------------------------------------------------------
 def _fixed_batch_loss(model_or_den, cfg):
     """The kind's loss on a fixed batch with fixed noise (the same for every model compared)."""
-    from dpmsched.train import _loss
+    from dpmsched.train import training_loss
 
     sample, _, _ = make_data(cfg["data"])
     g = torch.Generator().manual_seed(123)
     x0, y = sample(4096, g)
     model_or_den.eval()
     with torch.no_grad():
-        return float(_loss(load_config(cfg), model_or_den, x0, y, g))
+        return float(training_loss(load_config(cfg), model_or_den, x0, y, g))
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -122,7 +123,7 @@ def test_resume_reaches_the_same_state_as_an_uninterrupted_run(tmp_path, kind):
 def test_resume_refuses_a_state_of_another_config(tmp_path):
     cfg = _cfg(tmp_path, "x")
     train(cfg, progress=False, stop_after=5)
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match="other settings .*lr differ"):
         train(dict(cfg, lr=1e-2), progress=False)
     assert train(dict(cfg, lr=1e-2), progress=False, resume=False)["step"] == 20
 
@@ -136,7 +137,26 @@ def test_cli_train_writes_a_loadable_checkpoint(tmp_path, capsys):
     assert "4 steps" in capsys.readouterr().out
     den = load_model(tmp_path / "out-cli")
     assert den.name == "out-cli" and read_config(tmp_path / "out-cli")["training"]["steps"] == 4
-    assert json.loads((tmp_path / "state-cli" / "state.json").read_text())["step"] == 4
+    assert state_meta(tmp_path / "state-cli")["step"] == 4
+    # the whole state is one file: a crash can never leave a new tensor file beside an old JSON (or back)
+    assert [p.name for p in (tmp_path / "state-cli").iterdir()] == ["state.safetensors"]
+
+
+def state_meta(state_dir):
+    from safetensors import safe_open
+
+    with safe_open(str(state_dir / "state.safetensors"), framework="pt") as f:
+        return json.loads(f.metadata()["meta"])
+
+
+def test_resume_ignores_a_killed_writers_temporary_and_keeps_the_last_state(tmp_path):
+    cfg = _cfg(tmp_path, "kill", steps=8)
+    cfg["ckpt_every"] = 4
+    train(cfg, progress=False, stop_after=4)
+    state = tmp_path / "state-kill"
+    (state / ".state.safetensors.x1y2z3.tmp").write_bytes(b"half-written by a killed process")
+    assert train(cfg, progress=False)["step"] == 8                  # resumed from the step-4 state
+    assert sorted(p.name for p in state.iterdir()) == ["state.safetensors"] and state_meta(state)["step"] == 8
 
 
 def test_config_errors(tmp_path):

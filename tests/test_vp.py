@@ -1,4 +1,4 @@
-"""VPDenoiser: ε/v/x0-prediction VP models read as EDM denoisers (ALGORITHMS.md §0.1, §0.4)."""
+"""VPDenoiser: ε/v/x0-prediction VP models read as EDM denoisers (docs/math.md §0.1, §0.4)."""
 import numpy as np
 import pytest
 import torch

@@ -1,15 +1,18 @@
-"""The one Denoiser interface and its implementations.  (DESIGN.md §2)
+"""The one Denoiser interface and its implementations.
 
 A denoiser is any callable ``D(x, sigma) -> Tensor`` in EDM coordinates: ``x = x0 + σ ε`` of shape
 (B, *event_shape), ``sigma`` a float, a 0-d tensor or a (B,) tensor of noise levels, and the result
 (same shape and dtype as ``x``) is the estimate of E[x0 | x].  Everything else (ε-/v-prediction,
 VP time, discrete indices) is an adapter around it.
 
-Every model that :func:`load` returns also carries ``event_shape`` (tuple), ``sigma_min`` and
-``sigma_max`` (its σ range, floats) and ``name``, so that a sampler, an optimizer or the CLI can draw
-``z`` and pick the schedule endpoints without knowing what kind of model it is.
+Every model that :func:`dpmsched.models.load` returns also carries ``event_shape`` (tuple), ``sigma_min``
+and ``sigma_max`` (its σ range, floats) and ``name``, so that a sampler, an optimizer or the CLI can draw
+``z`` and pick the schedule endpoints without knowing what kind of model it is (:func:`model_range`,
+:func:`event_shape`).
 
-Submodules are imported lazily so that ``import dpmsched`` stays light.
+Submodules: ``exact`` (closed-form denoisers), ``nets`` (the trained networks), ``vp`` (VP ε/v/x0 models in
+EDM coordinates), ``discrete`` (the exact discrete-data companion).  Loading by name lives one layer up,
+in :mod:`dpmsched.models`; diffusers models in :mod:`dpmsched.adapters`.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Denoiser", "sigma_like", "load", "EXACT_MODELS"]
+__all__ = ["Denoiser", "sigma_like", "model_range", "event_shape"]
 
 
 @runtime_checkable
@@ -41,68 +44,14 @@ def sigma_like(sigma, x: torch.Tensor) -> torch.Tensor:
     return s.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def _digits_empirical():
-    from ..data import digits
-    from .exact import Empirical
-
-    return Empirical(digits("train", dtype=torch.float64))
+def model_range(model) -> tuple[float, float]:
+    """(σ_min, σ_max) the model declares (default 0.002, 80: EDM's range)."""
+    return float(getattr(model, "sigma_min", 0.002)), float(getattr(model, "sigma_max", 80.0))
 
 
-def _ring():
-    from ..data import mixture_2d
-
-    return mixture_2d("ring")
-
-
-def _grid():
-    from ..data import mixture_2d
-
-    return mixture_2d("grid")
-
-
-def _gauss1d():
-    from .exact import Gaussian
-
-    return Gaussian(0.5, dim=1)
-
-
-#: closed-form models available by name (no checkpoint needed)
-EXACT_MODELS = {
-    "digits-empirical": _digits_empirical,   # the ideal denoiser of the digits train split (M = 1437)
-    "toy2d-ring": _ring,                     # 8 Gaussians on a circle (the data of toy2d-edm)
-    "toy2d-grid": _grid,                     # 3×3 grid of Gaussians
-    "gauss1d": _gauss1d,                     # N(0, 0.5²) in 1-D: closed-form PF-ODE
-}
-
-
-def load(name_or_path, device="cpu"):
-    """A ready denoiser by name: an exact model of :data:`EXACT_MODELS`, else a trained checkpoint
-    (a shipped name such as ``"digits-edm"`` or a folder) through ``dpmsched.checkpoints.load_model``;
-    a local diffusers folder (``model_index.json``, or ``config.json`` + ``scheduler_config.json``) goes
-    through :func:`dpmsched.denoisers.adapters.load_diffusers`.
-
-    The result has ``event_shape``, ``sigma_min``, ``sigma_max`` and ``name`` attributes.
-    """
-    key = str(name_or_path)
-    if key in EXACT_MODELS:
-        m = EXACT_MODELS[key]()
-        m.name, m.sigma_min, m.sigma_max = key, 0.002, 80.0
-        return m
-    from .adapters import is_diffusers_folder
-
-    if is_diffusers_folder(key):                 # a local diffusers UNet2DModel folder (adapters.py)
-        from .adapters import load_diffusers
-
-        return load_diffusers(key, device=device)
-    from .. import checkpoints
-
-    if not hasattr(checkpoints, "load_model"):
-        raise ValueError(f"unknown model {key!r}; expected one of {sorted(EXACT_MODELS)} "
-                         "(trained checkpoints are not available in this version)")
-    from pathlib import Path
-
-    if not Path(key).exists() and not (checkpoints.DATA_DIR / key / checkpoints.CONFIG).is_file():
-        shipped = sorted(q.parent.name for q in checkpoints.DATA_DIR.glob(f"*/{checkpoints.CONFIG}"))
-        raise ValueError(f"unknown model {key!r}; expected an exact model {sorted(EXACT_MODELS)}, "
-                         f"a shipped checkpoint {shipped} or a folder")
-    return checkpoints.load_model(key, device=device)
+def event_shape(model) -> tuple[int, ...]:
+    """The shape of one sample of ``model``; TypeError when it does not declare one."""
+    shape = getattr(model, "event_shape", None)
+    if shape is None:
+        raise TypeError("the model needs an `event_shape` attribute (models from dpmsched.models.load have one)")
+    return tuple(shape)

@@ -53,7 +53,7 @@ class FactorizedMixture:
     # -- fitting ---------------------------------------------------------------------------------
     @classmethod
     def fit(cls, data: torch.Tensor, components: int = 20, levels: int = 17, iters: int = 60,
-            alpha: float = 1.0, seed: int = 0) -> "FactorizedMixture":
+            alpha: float = 1.0, seed: int = 0) -> FactorizedMixture:
         """EM fit on ``data`` (N, *event) on the ``levels``-level grid; Dirichlet(α) smoothing of every π."""
         data = torch.as_tensor(data, dtype=torch.float64)
         idx = cls._indices(data.reshape(data.shape[0], -1), levels)            # (N, d)

@@ -1,4 +1,4 @@
-"""Closed-form ("ideal") denoisers D(x, σ) = E[x0 | x0 + σε = x].  (ALGORITHMS.md §0.1; DESIGN.md §5)
+"""Closed-form ("ideal") denoisers D(x, σ) = E[x0 | x0 + σε = x].  (docs/math.md §0.1)
 
 For data whose noisy marginals p_σ are known in closed form, Tweedie's formula gives the optimal
 denoiser exactly:  D(x, σ) = x + σ² ∇_x log p_σ(x).  Three families:

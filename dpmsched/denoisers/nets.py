@@ -1,5 +1,5 @@
 """Small trainable networks: an MLP for 2-D toys, a UNet for 8×8/16×16 images, a digits classifier.
-(ALGORITHMS.md §0.1 EDM preconditioning, §5.2 skip connections, §7 discrete DDPM; DESIGN.md §5)
+(docs/math.md §0.1 EDM preconditioning, §5.2 skip connections, §7 discrete DDPM)
 
 * :class:`MLP` and :class:`UNet` are raw networks ``F(x, c) -> out`` where ``c`` (B,) is the noise
   input: ``c_noise = ¼ log σ`` for EDM models, the (continuous) step index n ∈ [0, T−1] for the
@@ -23,8 +23,6 @@ dtype of its input, so solvers may run in float64 against a float32 net; everyth
 differentiable in σ (no ``float()`` on σ anywhere).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn

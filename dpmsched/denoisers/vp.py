@@ -1,4 +1,4 @@
-"""VP models (ε-, v- or x0-prediction; discrete or continuous time) as EDM denoisers.  (ALGORITHMS.md §0.1, §0.4)
+"""VP models (ε-, v- or x0-prediction; discrete or continuous time) as EDM denoisers.  (docs/math.md §0.1, §0.4)
 
 A VP network sees ``x_t = α_t x0 + σ_t ε`` at time t.  In EDM coordinates ``x̃ = x_t/α_t = x0 + σ ε``
 with ``σ = σ_t/α_t``, so for an EDM level σ:
@@ -13,7 +13,7 @@ use it.  All time conversions are torch ops, so the result is differentiable in 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

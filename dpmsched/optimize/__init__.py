@@ -1,4 +1,4 @@
-"""Schedule optimizers; each returns a :class:`~dpmsched.schedules.Schedule`.  (DESIGN.md §2)
+"""Schedule optimizers; each returns a :class:`~dpmsched.schedules.Schedule`.
 
 Every grid dynamic program in the project goes through :func:`dpmsched.optimize.dp.shortest_paths`.
 Submodules are imported on use.
@@ -6,9 +6,13 @@ Submodules are imported on use.
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 
-__all__ = ["METHODS", "optimize", "cli_optimize"]
+from .. import solvers
+from ..models import load
+
+__all__ = ["METHODS", "SLOW_METHODS", "optimize", "method_function", "check_method_options"]
 
 #: method name → "module:function".  Each function is called as ``fn(model, steps, solver=..., **opts)``
 #: and returns a Schedule with its objective value, settings and wall time in ``meta``.
@@ -19,7 +23,7 @@ METHODS: dict[str, str] = {
     "uniform-t": "dpmsched.optimize.baselines:uniform_t",
     "quadratic-t": "dpmsched.optimize.baselines:quadratic_t",
     "cosine": "dpmsched.optimize.baselines:cosine",
-    "elbo-dp": "dpmsched.optimize.elbo:optimize_elbo_dp",
+    "elbo-dp": "dpmsched.optimize.elbo_dp:optimize_elbo_dp",
     "karras-tuned": "dpmsched.optimize.direct:karras_tuned",
     "hand-tuned": "dpmsched.optimize.direct:hand_tuned",
     "huang": "dpmsched.optimize.bound:huang",
@@ -31,60 +35,65 @@ METHODS: dict[str, str] = {
 }
 
 
+#: methods that take minutes on a CPU and accept ``progress=True`` (a tqdm bar)
+SLOW_METHODS = ("direct", "ays")
+
+
+def method_function(method: str):
+    """The optimizer function registered as ``method`` in :data:`METHODS`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    mod, fn = METHODS[method].split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def _kind_ok(value, default) -> bool:
+    """Does ``value`` have the type of the option's ``default`` (bool ≠ int; an int is a valid float)?"""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return True             # strings (may also take a Schedule), None, tuples: checked by the method itself
+
+
+def check_method_options(method: str, opts: dict) -> None:
+    """ValueError unless every option in ``opts`` is a parameter of ``method`` with a value of its default's
+    type (``refine="no"`` or ``n=8.7`` are refused, naming the valid options).  Methods that pass extra options
+    on to the solver (``**solver_opts``) accept other names; the solver checks those."""
+    params = inspect.signature(method_function(method)).parameters
+    named = {k: p for k, p in params.items() if k not in ("model", "steps", "solver")
+             and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    valid = ", ".join(f"{k}={p.default!r}" for k, p in named.items())
+    for k, v in opts.items():
+        if k not in named:
+            if not open_ended:
+                raise ValueError(f"unknown option {k!r} for method {method!r}; valid options: {valid or 'none'}")
+            continue
+        d = named[k].default
+        if d is not inspect.Parameter.empty and not _kind_ok(v, d):
+            raise ValueError(f"option {k}={v!r} of method {method!r} must be a {type(d).__name__} "
+                             f"(default {d!r}); valid options: {valid}")
+
+
 def optimize(model, method: str, steps: int, solver: str = "euler", **opts):
     """Run optimizer ``method`` (a key of :data:`METHODS`) for ``model`` and return its Schedule.
 
-    ``model`` is a denoiser from :func:`dpmsched.denoisers.load` (or a name for it).  Records the
+    ``model`` is a denoiser from :func:`dpmsched.models.load` (or a name for it).  The solver name and the
+    options are checked first (:func:`check_method_options`; an unknown solver raises even for a method
+    that does not use it, so ``meta["solver"]`` never records a solver that does not exist).  Records the
     wall time in ``meta["seconds"]`` if the method did not.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    fn = method_function(method)
+    solvers.get(solver)
+    check_method_options(method, opts)
     if isinstance(model, str):
-        from ..denoisers import load
-
         model = load(model)
-    mod, fn = METHODS[method].split(":")
     t0 = time.perf_counter()
-    sched = getattr(importlib.import_module(mod), fn)(model, steps, solver=solver, **opts)
+    sched = fn(model, steps, solver=solver, **opts)
     sched.meta.setdefault("seconds", time.perf_counter() - t0)
     sched.meta.setdefault("method", method)
     sched.meta.setdefault("solver", solver)
     return sched
-
-
-#: methods that take minutes on a CPU and accept ``progress=True`` (a tqdm bar)
-_SLOW = ("direct", "ays")
-
-
-def _parse_opt(text: str):
-    import json
-
-    if "=" not in text:
-        raise ValueError(f"--opt expects key=value, got {text!r}")
-    k, v = text.split("=", 1)
-    try:
-        return k, json.loads(v)
-    except json.JSONDecodeError:
-        return k, v
-
-
-def cli_optimize(argv: list[str]) -> int:
-    """``python -m dpmsched optimize --model NAME --method M --steps N [--solver S] [--out FILE.json]``"""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m dpmsched optimize", description=cli_optimize.__doc__)
-    p.add_argument("--model", required=True, help="model name or checkpoint folder")
-    p.add_argument("--method", required=True, help=f"one of {sorted(METHODS)}")
-    p.add_argument("--steps", type=int, required=True, help="number of solver steps N")
-    p.add_argument("--solver", default="euler", help="solver the schedule is for (default: euler)")
-    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="method option (JSON value), repeatable")
-    p.add_argument("--out", default="", help="write the schedule JSON here (default: print it)")
-    a = p.parse_args(argv)
-    opts = dict(_parse_opt(o) for o in a.opt)
-    if a.method in _SLOW:
-        opts.setdefault("progress", True)              # a progress bar for the slow optimizers
-    sched = optimize(a.model, a.method, a.steps, solver=a.solver, **opts)
-    text = sched.to_json(a.out or None, indent=1)
-    print(text if not a.out else f"wrote {a.out}: {sched}")
-    return 0

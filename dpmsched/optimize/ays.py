@@ -1,4 +1,4 @@
-"""Align Your Steps (Sabour, Fidler, Kreis, ICML 2024): the KLUB and the paper's optimiser.  (ALGORITHMS.md §8.1)
+"""Align Your Steps (Sabour, Fidler, Kreis, ICML 2024): the KLUB and the paper's optimiser.  (docs/math.md §8.1)
 
 **The objective.**  For stochastic DDIM in EDM coordinates (s = 1, σ(t) = t) AYS bounds the KL divergence
 between the learnt reverse SDE and the solver's linearised one (Girsanov) by a sum over intervals
@@ -52,8 +52,9 @@ import time
 import numpy as np
 import torch
 
+from ..denoisers import model_range
 from ..schedules import Schedule
-from .teacher import dp_schedule, model_range, teacher
+from .teacher import dp_schedule, teacher
 
 __all__ = ["ays", "KLUBDraws", "klub_interval", "klub", "klub_pair_costs", "gaussian_schedule", "euler_gaussian_factor",
            "loglinear_interp", "subdivide"]

@@ -1,5 +1,5 @@
 r"""Error-bound schedules: Huang Phase-1 (faithful) and a propagation-aware bound of our own.
-(ALGORITHMS.md §3.2–3.4, §3.6–3.8)
+(docs/math.md §3.2–3.4, §3.6–3.8)
 
 **Faithful Huang Phase-1 (``huang``).**  The schedule-dependent part of Euler's error (§3.2, eq. 3.1)
 
@@ -71,7 +71,9 @@ import torch
 
 from .. import theory
 from ..schedules import Schedule
-from .teacher import adjoints, dp_schedule, model_range, teacher
+from ..solvers import solver_order
+from .dp import shortest_path_multistep
+from .teacher import adjoints, dp_schedule, teacher
 
 __all__ = ["huang", "bound_prop", "local_triplet_norms", "prop_pair_costs", "euler_jump_errors", "jump_costs", "secant_amplification"]
 
@@ -205,8 +207,6 @@ def bound_prop(model, steps: int, solver: str = "euler", *, n: int = 128, grid_p
     triplet-cost DP; module doc); default min(2, order of ``solver``); order 2 needs secant amplification
     and inner="norm".  ``meta["objective"]``: the DP optimum (data units at σ_N).
     """
-    from .ots import solver_order
-
     t0 = time.perf_counter()
     order = min(2, solver_order(solver)) if order is None else int(order)
     if order == 2 and (amplification != "secant" or inner != "norm"):
@@ -230,8 +230,6 @@ def bound_prop(model, steps: int, solver: str = "euler", *, n: int = 128, grid_p
     else:
         raise ValueError(f"amplification must be 'secant' or 'adjoint', got {amplification!r}")
     if order == 2:
-        from .dp import shortest_path_multistep
-
         idx, cost = shortest_path_multistep(C, local_triplet_norms(T) * w[None, None, :], steps)
         s = Schedule(T.grid[idx], "bound-prop", {"objective": cost, "grid_index": idx.tolist()})
     else:

@@ -1,5 +1,5 @@
 """Shortest paths with exactly N edges on a grid — the DPs behind Watson, GITS, Huang-DP and bound-prop.
-(ALGORITHMS.md §7.3, §8.2, §3.4(a))
+(docs/math.md §7.3, §8.2, §3.4(a))
 
 Nodes 0..G−1 are grid points in sampling order (node 0 = the largest σ, node G−1 = the smallest).
 An edge a → c (a < c) is one solver step from grid point a to grid point c, with cost ``C[a, c]``;

@@ -1,4 +1,4 @@
-"""Watson et al. (2021): the decomposed ELBO of a discrete DDPM, its cost table, and the exact DP.  (ALGORITHMS.md §7)
+"""Watson et al. (2021): the decomposed ELBO of a discrete DDPM and its cost table.  (docs/math.md §7)
 
 Indexing follows Ho et al. and Watson: steps ``t = 0..T`` with ``ᾱ_0 = 1`` (the data) and ``ᾱ_t`` for
 t ≥ 1 the model's table (``DiscreteVP.alphas_cumprod[t − 1]``: our 0-indexed training index is
@@ -17,7 +17,7 @@ with ``M(t) = E‖x0 − x̂0(x_t, t)‖²``: **one network pass per t** fills a
 and β̃_{1|2} for t = 1 (Ho's clipped value) — Analytic-DPM's choice (``get_nelbo_terms``), for both
 variances, since the posterior variance of a jump to the data is 0.
 
-The DP (§7.3) is :func:`dpmsched.optimize.dp.shortest_paths` on the sampling-order cost matrix (node 0 =
+The DP (§7.3, :mod:`dpmsched.optimize.elbo_dp`) is :func:`dpmsched.optimize.dp.shortest_paths` on the sampling-order cost matrix (node 0 =
 step T, last node = step 0): exact, all budgets K ≤ K_max in one O(K_max·G²) pass over the G candidate
 steps.  Protocol (§7.3): estimate the terms on the train split, choose the path there, evaluate its
 bits/dim on the test split.  bits/dim = −ELBO/(d ln 2), a bound on the *discrete* NLL of the
@@ -25,16 +25,25 @@ bits/dim on the test split.  bits/dim = −ELBO/(d ln 2), a bound on the *discre
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["ELBOTerms", "VARIANCES", "alphas_bar", "jump_variances", "edge_coefficients", "gaussian_kl", "discretized_gaussian_nll",
-           "decoder_variance", "prior_kl", "as_ddpm", "load_ddpm", "estimate_terms", "cached_terms", "dp_paths",
-           "stride_path", "candidate_steps", "check_path", "path_to_schedule", "optimize_elbo_dp", "table_terms", "elbo_table", "cli_elbo_table", "clamped", "sample_schedule", "sample_quality"]
+from ..data import DIGITS_LEVELS, digits
+from ..denoisers.discrete import FactorizedMixture
+from ..denoisers.vp import VPDenoiser
+from ..files import atomic_write_text, read_json
+from ..models import load
+from ..noise import DiscreteVP
+
+__all__ = ["ELBOTerms", "VARIANCES", "alphas_bar", "jump_variances", "edge_coefficients", "gaussian_kl",
+           "discretized_gaussian_nll", "decoder_variance", "prior_kl", "as_ddpm", "load_ddpm", "eps_model",
+           "estimate_terms", "cached_terms", "check_path"]
 
 VARIANCES = ("small", "large")
 
@@ -132,9 +141,6 @@ def as_ddpm(denoiser, noise=None, name: str | None = None):
     (default ``DiscreteVP.linear(1000)``), so x̂0 = (x_t − √(1−ᾱ) ε̂)/√ᾱ = D(x̃, σ) exactly.  With an exact
     denoiser (``dpmsched.denoisers.exact``) this is the ideal ε-model: the known answer the tests use.
     """
-    from ..denoisers.vp import VPDenoiser
-    from ..noise import DiscreteVP
-
     noise = noise if noise is not None else DiscreteVP.linear(1000)
     if not isinstance(noise, DiscreteVP):
         raise ValueError(f"noise must be a DiscreteVP, got {type(noise).__name__}")
@@ -154,27 +160,20 @@ def load_ddpm(name: str):
     """A discrete ε-DDPM by name: ``"digits-catmix"`` — the exact ε-model of a mixture of 20 factorized
     17-level categoricals fitted to the digits train split (:class:`~dpmsched.denoisers.discrete.FactorizedMixture`,
     EM seed 0, Dirichlet(1) smoothing; its exact NLL is ``model.mixture.log_pmf``), wrapped by :func:`as_ddpm` with T = 1000 linear β;
-    otherwise :func:`dpmsched.denoisers.load` (``"digits-ddpm"`` …), an EDM denoiser wrapped by :func:`as_ddpm`.
+    otherwise :func:`dpmsched.models.load` (``"digits-ddpm"`` …), an EDM denoiser wrapped by :func:`as_ddpm`.
     """
     if name == "digits-catmix":
-        from ..data import DIGITS_LEVELS, digits
-        from ..denoisers.discrete import FactorizedMixture
-
         mix = FactorizedMixture.fit(digits("train", dtype=torch.float64), components=20, levels=DIGITS_LEVELS,
                                      alpha=1.0, seed=0)
         model = as_ddpm(mix, name=name)
         model.mixture = mix
         return model
-    from ..denoisers import load
-
     model = load(name)
     return model if hasattr(model, "eps") else as_ddpm(model)
 
 
-def _eps_model(model):
+def eps_model(model):
     """(ε-callable (x_t, n) → ε̂, DiscreteVP) of a DDPM; an EDM denoiser is wrapped by :func:`as_ddpm`."""
-    from ..noise import DiscreteVP
-
     if not (hasattr(model, "eps") and isinstance(getattr(model, "noise", None), DiscreteVP)):
         if not callable(model):
             raise TypeError(f"expected a DDPM with .eps/.noise or a denoiser, got {type(model).__name__}")
@@ -263,7 +262,7 @@ class ELBOTerms:
                 "prior": self.prior, "dim": self.dim, "meta": self.meta}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ELBOTerms":
+    def from_dict(cls, d: dict) -> ELBOTerms:
         try:
             def arr(v):
                 return np.array([np.nan if x is None else x for x in v], dtype=np.float64)
@@ -274,21 +273,11 @@ class ELBOTerms:
 
     def save(self, path) -> None:
         """Write as JSON, atomically."""
-        from ..checkpoints import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict()))
 
     @classmethod
-    def load(cls, path) -> "ELBOTerms":
-        from pathlib import Path
-
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"ELBO terms file {p} does not exist")
-        try:
-            return cls.from_dict(json.loads(p.read_text()))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p} is not valid JSON: {e}") from None
+    def load(cls, path) -> ELBOTerms:
+        return cls.from_dict(read_json(path, "ELBO terms file"))
 
     def __repr__(self) -> str:
         return (f"ELBOTerms(T={self.T}, evaluated={self.steps.size}, d={self.dim}, "
@@ -311,7 +300,7 @@ def estimate_terms(model, data: torch.Tensor, *, steps=None, clip: bool = True, 
     gives x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε, x̂0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t (clamped to [−1, 1] if ``clip``),
     and both M(t) and the decoder term.  Cost: |steps| × ⌈N/batch⌉ network calls.
     """
-    eps_fn, noise = _eps_model(model)
+    eps_fn, noise = eps_model(model)
     abar = alphas_bar(noise)
     T = abar.size - 1
     data = torch.as_tensor(data)
@@ -369,10 +358,6 @@ def cached_terms(path, model, data, **kw) -> ELBOTerms:
     sha256 if known, the data's shape and checksum, and every keyword), else recomputed and rewritten.
     ``path = ""`` disables the cache.
     """
-    from pathlib import Path
-
-    import hashlib
-
     data = torch.as_tensor(data)
     cfg = getattr(model, "config", None) or {}
     key = {"model": getattr(model, "name", type(model).__name__), "weights": cfg.get("sha256", ""),
@@ -393,7 +378,6 @@ def cached_terms(path, model, data, **kw) -> ELBOTerms:
     return terms
 
 
-# -- paths ---------------------------------------------------------------------------------------------
 def check_path(path, T: int) -> np.ndarray:
     """Validate a path 0 = s_0 < … < s_K = T (int64 array); ValueError otherwise."""
     p = np.asarray(path)
@@ -403,270 +387,3 @@ def check_path(path, T: int) -> np.ndarray:
     if p[0] != 0 or p[-1] != T or np.any(np.diff(p) <= 0):
         raise ValueError(f"a path must increase strictly from 0 to T = {T}, got {p.tolist()[:8]}...")
     return p
-
-
-def stride_path(T: int, K: int, power: float = 1.0) -> np.ndarray:
-    """A hand-made K-jump path: s_0 = 0, s_k = round(1 + (T−1)((k−1)/(K−1))^power), k = 1..K.
-
-    ``power=1`` is the "even" stride (iDDPM/Analytic-DPM respacing: the steps of ``Schedule.iddpm_respace``),
-    ``power=2`` the "quadratic" one (dense near the data, like DDIM's quadratic).  Rounding collisions are
-    pushed up (and capped to leave room below T), so the path is always strictly increasing.
-    """
-    if not (isinstance(K, (int, np.integer)) and 1 <= K <= T):
-        raise ValueError(f"K must be an integer in 1..{T}, got {K!r}")
-    if not (power > 0 and math.isfinite(power)):
-        raise ValueError(f"power must be a finite positive number, got {power!r}")
-    if K == 1:
-        return np.array([0, T], dtype=np.int64)
-    u = np.arange(K) / (K - 1)
-    s = np.round(1.0 + (T - 1) * u**power).astype(np.int64)
-    for k in range(1, K):
-        s[k] = max(s[k], s[k - 1] + 1)
-    s[-1] = T
-    for k in range(K - 2, -1, -1):
-        s[k] = min(s[k], s[k + 1] - 1)
-    return np.concatenate([[0], s])
-
-
-def candidate_steps(T: int, n: int = 0) -> np.ndarray:
-    """The DP's candidate steps: all of 1..T (``n`` = 0), else the ``n`` steps of the quadratic stride
-    (:func:`stride_path` with power 2: 1 and T included, dense near the data, where L(t, s) changes fastest)."""
-    if not (isinstance(n, (int, np.integer)) and 0 <= n <= T):
-        raise ValueError(f"the number of candidate steps must be an integer in 0..{T}, got {n!r}")
-    return np.arange(1, T + 1) if n == 0 else stride_path(T, int(n), 2.0)[1:]
-
-
-def dp_paths(terms: ELBOTerms, ks, variance: str = "small"):
-    """The ELBO-optimal path for each budget in ``ks`` (exact DP over the evaluated steps, §7.3).
-
-    Returns ``{K: (path, nelbo)}`` with ``path`` the Ho steps 0 = s_0 < … < s_K = T and ``nelbo`` its
-    −ELBO (nats per image) **on the terms it was optimised on**.  One DP pass serves every K.
-    """
-    from .dp import shortest_paths
-
-    ks = [int(k) for k in ks]
-    C, nodes = terms.cost_matrix(variance)
-    if not ks or min(ks) < 1 or max(ks) > nodes.size - 1:
-        raise ValueError(f"budgets must lie in 1..{nodes.size - 1} (the number of evaluated steps), got {ks}")
-    res = shortest_paths(C, max(ks))
-    return {k: (nodes[res.path(k)][::-1].copy(), res.cost(k) + terms.prior) for k in ks}
-
-
-def path_to_schedule(path, noise, name: str = "elbo-dp", meta: dict | None = None):
-    """The sampling :class:`~dpmsched.schedules.Schedule` of a path: σ of the training indices
-    s_K − 1 > … > s_1 − 1, then a final jump to σ = 0 (K steps; the Ho steps are in ``meta["path"]``)."""
-    from ..schedules import Schedule
-
-    p = check_path(path, noise.T)
-    sched = Schedule._from_discrete(p[1:] - 1, noise, name, final_zero=True)
-    sched.meta.update({"path": [int(v) for v in p], **(meta or {})})
-    return sched
-
-
-# -- the optimizer registered as METHODS["elbo-dp"] ----------------------------------------------------
-def optimize_elbo_dp(model, steps: int, solver: str = "ddpm_ancestral", *, variance: str = "small",
-                     n_train: int = 0, candidates: int = 0, clip: bool = True, seed: int = 0, cache: str = "",
-                     evaluate: bool = True, batch: int = 512):
-    """Watson et al.'s ELBO-optimal K-step schedule of a discrete DDPM on the digits (§7.3).
-
-    Estimates the terms on the train split (``n_train`` images, 0 = all; candidate steps: see
-    :func:`candidate_steps`; cached in ``cache`` if given), runs the DP and returns the Schedule with
-    ``meta["path"]``, ``meta["bits_per_dim_train"]`` and (``evaluate``) ``meta["bits_per_dim"]`` on the
-    test split.  ``solver`` only labels the schedule: the ELBO is that of the ancestral sampler with the
-    chosen variance.  An EDM denoiser (e.g. ``"digits-empirical"``) is wrapped by :func:`as_ddpm`.
-    """
-    from ..data import DIGITS_LEVELS, digits
-
-    _, noise = _eps_model(model)
-    grid = candidate_steps(noise.T, candidates)
-    train = digits("train", dtype=torch.float64)
-    if n_train:
-        train = train[:n_train]
-    kw = dict(steps=grid, clip=clip, levels=DIGITS_LEVELS, seed=seed, batch=batch)
-    terms = cached_terms(cache, model, train, meta={"split": "train"}, **kw)
-    path, nelbo = dp_paths(terms, [steps], variance)[steps]
-    meta = {"variance": variance, "candidates": int(grid.size), "n_train": terms.meta["n"],
-            "bits_per_dim_train": nelbo / (terms.dim * math.log(2.0)), "terms_seconds": terms.meta["seconds"]}
-    if evaluate:
-        test = estimate_terms(model, digits("test", dtype=torch.float64), steps=path[1:], clip=clip,
-                              levels=DIGITS_LEVELS, seed=seed + 1, batch=batch)
-        meta["bits_per_dim"] = test.bits_per_dim(path, variance)
-    sched = path_to_schedule(path, noise, "elbo-dp", meta)
-    sched.meta["solver"] = solver
-    return sched
-
-
-# -- Watson's table: even vs quadratic vs DP bits/dim per budget -----------------------------------------
-def table_terms(model, ks, *, n_train: int = 0, n_test: int = 0, candidates: int = 0, clip: bool = True,
-                seed: int = 0, cache_dir: str = "", batch: int = 512, progress: bool = False):
-    """The candidate steps and the train/test ELBO terms of Watson's table (§7.3–7.4), cached.
-
-    Candidates S: :func:`candidate_steps` (``candidates`` of them, 0 = all T) plus every step of the even and
-    quadratic paths of each K in ``ks`` (so the DP can always pick them).  Terms on the first ``n_train`` train
-    images (0 = all) with ``seed`` — the DP's input — and on the first ``n_test`` test images (0 = all) with
-    ``seed + 1`` — the evaluation; cached in ``cache_dir/elbo-terms-<model>-<split>.json`` ('' = off).
-    Returns ``(S, train_terms, test_terms)``; |S| network passes per split.
-    """
-    from pathlib import Path
-
-    from ..data import DIGITS_LEVELS, digits
-
-    ks = [int(k) for k in ks]
-    _, noise = _eps_model(model)
-    T = noise.T
-    if not ks or min(ks) < 1 or max(ks) > T:
-        raise ValueError(f"ks must lie in 1..{T}, got {ks}")
-    cand = candidate_steps(T, candidates)
-    for k in ks:
-        cand = np.union1d(cand, np.concatenate([stride_path(T, k, 1.0)[1:], stride_path(T, k, 2.0)[1:]]))
-    name = str(getattr(model, "name", "model")).replace("/", "_")
-
-    def terms(split, n, s):
-        x = digits(split, dtype=torch.float64)
-        x = x[:n] if n else x
-        path = str(Path(cache_dir) / f"elbo-terms-{name}-{split}.json") if cache_dir else ""
-        return cached_terms(path, model, x, steps=cand, clip=clip, levels=DIGITS_LEVELS, seed=s, batch=batch,
-                            progress=progress, meta={"split": split})
-
-    return cand, terms("train", n_train, seed), terms("test", n_test, seed + 1)
-
-
-def elbo_table(model, ks=(2, 4, 8, 16, 32, 64), *, variance: str = "small", n_train: int = 0, n_test: int = 0,
-               candidates: int = 0, clip: bool = True, seed: int = 0, cache_dir: str = "", batch: int = 512,
-               progress: bool = False) -> dict:
-    """Bits/dim on the digits test split of the even, quadratic and DP paths for each K in ``ks`` (§7.4).
-
-    Candidate steps S and the train/test terms: :func:`table_terms` (S contains the even and quadratic steps,
-    so DP ≤ both on the train split by construction; the DP picks on train, every path is scored on test).
-    ``full`` is the test bits/dim of the path through all of S (the T-step value when ``candidates`` = 0).
-    Returns a JSON-ready dict with the lists aligned with ``ks``, the DP paths, the train-split values and
-    the timings.
-    """
-    from ..data import DIGITS_LEVELS
-
-    ks = [int(k) for k in ks]
-    cand, tr, te = table_terms(model, ks, n_train=n_train, n_test=n_test, candidates=candidates, clip=clip,
-                               seed=seed, cache_dir=cache_dir, batch=batch, progress=progress)
-    T = tr.T
-    base = {k: {"even": stride_path(T, k, 1.0), "quadratic": stride_path(T, k, 2.0)} for k in ks}
-    t0 = time.perf_counter()
-    dp = dp_paths(tr, ks, variance)
-    dp_seconds = time.perf_counter() - t0
-    bpd = 1.0 / (tr.dim * math.log(2.0))
-    out = {"ks": ks, "variance": variance, "model": getattr(model, "name", ""), "T": T, "candidates_requested": candidates,
-           "candidates": int(cand.size), "n_train": tr.meta["n"], "n_test": te.meta["n"], "clip": clip,
-           "levels": DIGITS_LEVELS, "seed": seed,
-           "even": [te.bits_per_dim(base[k]["even"], variance) for k in ks],
-           "quadratic": [te.bits_per_dim(base[k]["quadratic"], variance) for k in ks],
-           "dp": [te.bits_per_dim(dp[k][0], variance) for k in ks],
-           "full": te.bits_per_dim(te.full_path(), variance),
-           "train": {"even": [tr.bits_per_dim(base[k]["even"], variance) for k in ks],
-                     "quadratic": [tr.bits_per_dim(base[k]["quadratic"], variance) for k in ks],
-                     "dp": [dp[k][1] * bpd for k in ks], "full": tr.bits_per_dim(tr.full_path(), variance)},
-           "paths": {str(k): [int(v) for v in dp[k][0]] for k in ks},
-           "seconds": {"terms_train": tr.meta["seconds"], "terms_test": te.meta["seconds"], "dp": dp_seconds}}
-    return out
-
-
-def cli_elbo_table(argv: list[str]) -> int:
-    """``python -m dpmsched elbo-table --model digits-ddpm --ks 2,4,8,16,32,64 --out FILE.json``
-
-    Writes the test-split bits/dim of the even, quadratic and DP paths (lists aligned with ``ks``) and the
-    ``full`` T-step value, atomically; the train/test ELBO terms are cached in ``--cache-dir``.
-    """
-    import argparse
-
-    from ..checkpoints import atomic_write_text
-
-    p = argparse.ArgumentParser(prog="python -m dpmsched elbo-table", description=cli_elbo_table.__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="digits-ddpm", help="a discrete ε-DDPM, or an EDM denoiser (wrapped, T=1000)")
-    p.add_argument("--ks", default="2,4,8,16,32,64", help="comma-separated step budgets K")
-    p.add_argument("--variance", default="small", choices=VARIANCES, help="reverse-kernel variance")
-    p.add_argument("--candidates", type=int, default=0, help="candidate steps, quadratically spaced (0 = all T)")
-    p.add_argument("--n-train", type=int, default=0, help="train images for the DP (0 = all 1437)")
-    p.add_argument("--n-test", type=int, default=0, help="test images for the evaluation (0 = all 360)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the estimation")
-    p.add_argument("--no-clip", action="store_true", help="do not clamp x0-predictions to [-1, 1]")
-    p.add_argument("--cache-dir", default="runs/elbo-cache", help="where the ELBO terms are cached ('' = off)")
-    p.add_argument("--out", required=True, help="output JSON file")
-    a = p.parse_args(argv)
-    try:
-        ks = [int(k) for k in a.ks.split(",") if k.strip()]
-    except ValueError:
-        raise SystemExit(f"--ks expects comma-separated integers, got {a.ks!r}") from None
-    res = elbo_table(load_ddpm(a.model), ks, variance=a.variance, n_train=a.n_train, n_test=a.n_test, candidates=a.candidates,
-                     clip=not a.no_clip, seed=a.seed, cache_dir=a.cache_dir, progress=True)
-    atomic_write_text(a.out, json.dumps(res, indent=1))
-    for k, e, q, d in zip(res["ks"], res["even"], res["quadratic"], res["dp"]):
-        print(f"K={k:>4}  even {e:.4f}  quadratic {q:.4f}  dp {d:.4f}  bits/dim")
-    print(f"full ({res['candidates']} steps): {res['full']:.4f} bits/dim -> wrote {a.out}")
-    return 0
-
-
-# -- samples along a path (for "ELBO-optimal ≠ sample-quality-optimal") --------------------------------
-def clamped(denoiser):
-    """The denoiser with x̂0 clamped to [−1, 1]: the mean function whose ELBO ``estimate_terms(clip=True)`` computes."""
-    def den(x, sigma):
-        return denoiser(x, sigma).clamp(-1.0, 1.0)
-
-    for a in ("event_shape", "sigma_min", "sigma_max", "name", "noise"):
-        if hasattr(denoiser, a):
-            setattr(den, a, getattr(denoiser, a))
-    return den
-
-
-@torch.no_grad()
-def sample_schedule(model, schedule, n: int, *, solver: str = "ddpm_ancestral", seed: int = 0, clip: bool = True,
-                    batch: int = 1024, z: torch.Tensor | None = None) -> torch.Tensor:
-    """``n`` samples (n, *event) of ``model`` along ``schedule`` (e.g. from :func:`path_to_schedule`).
-
-    ``solver="ddpm_ancestral"`` with the posterior variance is exactly the generative model whose "small"
-    ELBO the DP optimises (the last jump outputs the decoder's mean x̂0); ``"euler"`` is deterministic DDIM.
-    The noise x_T = σ_0 z (``z`` (n, *event) if given) and the solver's noise come from ``seed``, so two
-    schedules see the same z.
-    """
-    from .. import solvers
-
-    fn = solvers.get(solver)
-    den = clamped(model) if clip else model
-    g = torch.Generator().manual_seed(int(seed))
-    dtype = next((p.dtype for p in getattr(model, "parameters", lambda: iter(()))()), torch.float64)
-    if z is None:
-        z = torch.randn(int(n), *model.event_shape, generator=g, dtype=dtype)
-    elif z.shape[0] != n:
-        raise ValueError(f"z must have {n} rows, got {tuple(z.shape)}")
-    out = []
-    for i in range(0, int(n), batch):
-        kw = {"generator": g} if solver in ("ddpm_ancestral", "ddim", "sa_solver") else {}
-        out.append(fn(den, float(schedule.sigmas[0]) * z[i:i + batch], schedule, **kw))
-    return torch.cat(out)
-
-
-def sample_quality(model, schedules: dict, n: int = 512, *, seed: int = 0, n_ref: int = 256, ref_steps: int = 32) -> dict:
-    """Sample quality of each schedule (name → Schedule ending in σ = 0) for a digits DDPM.
-
-    Returns name → ``{"fd_ancestral", "fd_ddim", "trunc_ddim"}``: the Fréchet-digits distance to the test split
-    (:func:`dpmsched.metrics.frechet_digits`) of ``n`` samples of :func:`sample_schedule` with the ancestral
-    sampler and with DDIM (same noise for every schedule), and the RMSE of DDIM on ``n_ref`` of those noises
-    against an accurate PF-ODE solve (``solvers.reference`` with ``ref_steps`` RK4 steps down to the table's
-    σ_min, then the same final jump x ← x̂0).  All with x̂0 clamped to [−1, 1].
-    """
-    from .. import metrics, solvers
-
-    den = clamped(model)
-    s_max, s_min = float(model.noise.sigmas[-1]), float(model.noise.sigmas[0])
-    dtype = next((p.dtype for p in getattr(model, "parameters", lambda: iter(()))()), torch.float64)
-    z = torch.randn(n, *model.event_shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    m = min(n_ref, n)
-    with torch.no_grad():
-        ref = den(solvers.reference(den, s_max * z[:m], s_max, s_min, steps=ref_steps), s_min)
-    out = {}
-    for name, sched in schedules.items():
-        if float(sched.sigmas[0]) != s_max or not sched.has_final_zero:
-            raise ValueError(f"schedule {name!r} must start at the model's sigma_max and end in 0")
-        anc = sample_schedule(model, sched, n, solver="ddpm_ancestral", seed=seed, z=z)
-        det = sample_schedule(model, sched, n, solver="euler", seed=seed, z=z)
-        out[name] = {"fd_ancestral": metrics.frechet_digits(anc)["fd"], "fd_ddim": metrics.frechet_digits(det)["fd"],
-                     "trunc_ddim": metrics.truncation_error(det[:m], ref), "samples": anc}
-    return out

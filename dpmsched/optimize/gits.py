@@ -1,4 +1,4 @@
-"""GITS (Chen et al., ICML 2024): a DP over one-step Euler jumps on the teacher.  (ALGORITHMS.md §8.2)
+"""GITS (Chen et al., ICML 2024): a DP over one-step Euler jumps on the teacher.  (docs/math.md §8.2)
 
 Cost of a jump a → c on the teacher grid: C[a, c] = E_b ‖x_a + (σ_c − σ_a) d_a − x_c‖ (the "l2"
 metric of the official code; the README's default "dev" metric is not implemented), then the

@@ -1,4 +1,4 @@
-"""Optimized time steps (Xue et al., CVPR 2024; "DMN"): the analytic objective.  (ALGORITHMS.md §4.2–4.3)
+"""Optimized time steps (Xue et al., CVPR 2024; "DMN"): the analytic objective.  (docs/math.md §4.2–4.3)
 
 A multistep exponential integrator of order k replaces x̂_θ on [λ_s, λ_{s+1}] by the Lagrange
 polynomial through its k most recent nodes; the weight of node j is J_j = ∫_{λ_s}^{λ_{s+1}} e^λ ℓ_j(λ) dλ
@@ -20,28 +20,11 @@ import warnings
 
 import numpy as np
 
+from ..denoisers import model_range
 from ..schedules import Schedule
-from .teacher import model_range
+from ..solvers import solver_order
 
-__all__ = ["ots", "j_coefficients", "ots_objective", "solver_order"]
-
-_ORDERS = {"euler": 1, "ddim": 1, "heun": 2, "dpmpp_2m": 2, "dpmpp_3m": 3, "unipc": 3, "ipndm": 3}
-
-
-def solver_order(solver: str) -> int:
-    """Order the objective should match for ``solver`` (uses solvers.solver_order where available)."""
-    from .. import solvers
-
-    if hasattr(solvers, "solver_order"):
-        try:
-            return int(solvers.solver_order(solver))
-        except (ValueError, KeyError):
-            pass
-    key = str(solver).lower().replace("-", "_").replace("dpm++", "dpmpp")
-    if key not in _ORDERS:
-        raise ValueError(f"no order known for solver {solver!r}; expected one of {sorted(_ORDERS)}")
-    return _ORDERS[key]
-
+__all__ = ["ots", "j_coefficients", "ots_objective"]
 
 def _H(h: float):
     e = math.exp(h)

@@ -1,5 +1,5 @@
 """Teacher trajectories, their adjoints, and measured errors — shared by every optimizer.
-(ALGORITHMS.md §3.4 "Monte-Carlo data", §8.2 teacher, §8.4 teacher pairs)
+(docs/math.md §3.4, §8.2, §8.4)
 
 A :class:`Teacher` holds B accurate PF-ODE trajectories of a model, sampled on a fine decreasing σ
 grid (Karras-ρ7 with G points by default), from standard-normal latents ``z`` drawn with a seed:
@@ -29,33 +29,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import solvers
+from ..denoisers import event_shape, model_range
+from ..metrics import truncation_error
 from ..schedules import Schedule
+from .dp import shortest_paths
 
-__all__ = ["Teacher", "teacher", "adjoints", "reference_endpoints", "endpoint_error", "model_range",
-           "clear_cache"]
+__all__ = ["Teacher", "teacher", "adjoints", "reference_endpoints", "endpoint_error", "dp_schedule", "clear_cache"]
 
 _CACHE: dict = {}
 _CACHE_MAX = 8
-
-
-def model_range(model) -> tuple[float, float]:
-    """(σ_min, σ_max) the model declares (default 0.002, 80)."""
-    return float(getattr(model, "sigma_min", 0.002)), float(getattr(model, "sigma_max", 80.0))
-
-
-def _event_shape(model) -> tuple[int, ...]:
-    shape = getattr(model, "event_shape", None)
-    if shape is None:
-        raise TypeError("the model needs an `event_shape` attribute (models from dpmsched.denoisers.load have one)")
-    return tuple(shape)
-
-
-def latents(model, n: int, seed: int) -> torch.Tensor:
-    """n standard-normal latents (n, *event_shape), float64, from ``seed``."""
-    if int(n) < 1:
-        raise ValueError(f"the number of teacher trajectories must be >= 1, got {n}")
-    g = torch.Generator().manual_seed(int(seed))
-    return torch.randn(int(n), *_event_shape(model), generator=g, dtype=torch.float64)
 
 
 @dataclass
@@ -102,8 +85,6 @@ def _grid(model, grid_points: int, rho: float) -> np.ndarray:
 
 @torch.no_grad()
 def _solve_on_grid(model, z: torch.Tensor, grid: np.ndarray, solver: str, batch: int):
-    from .. import solvers
-
     fn = solvers.get(solver)
     xs, fs = [], []
     for i in range(0, z.shape[0], batch):
@@ -125,7 +106,7 @@ def teacher(model, *, n: int = 128, grid_points: int = 128, seed: int = 0, rho: 
         return _CACHE[key][1]
     t0 = time.perf_counter()
     grid = _grid(model, grid_points, rho)
-    z = latents(model, n, seed)
+    z = solvers.latents(event_shape(model), int(n), seed)
     x, f = _solve_on_grid(model, z, grid, solver, int(batch))
     t = Teacher(grid, z, x, f, str(solver), int(seed), time.perf_counter() - t0)
     if cache:
@@ -168,33 +149,37 @@ _REF: dict = {}
 
 
 @torch.no_grad()
-def reference_endpoints(model, n: int = 512, seed: int = 1, steps: int = 128, batch: int = 512):
-    """(z, x_ref): latents of ``seed`` and their accurate PF-ODE solutions at the model's σ_min
-    (:func:`dpmsched.solvers.reference`, RK4 with ``steps`` steps).  Cached per model and settings.
-    Use a seed the optimizers did not see for held-out evaluation.
+def reference_endpoints(model, n: int = 512, seed: int = 1, steps: int = 128, batch: int = 512, *,
+                        sigma_range: tuple[float, float] | None = None, dtype=torch.float64, device=None,
+                        cache: bool = True):
+    """(z, x_ref): ``n`` latents of ``seed`` (:func:`dpmsched.solvers.latents`, drawn on the CPU in ``dtype``)
+    and their accurate PF-ODE solutions from σ_max to σ_min (:func:`dpmsched.solvers.reference`, RK4 with
+    ``steps`` steps; 4·steps NFE each), on ``device`` (default: the CPU).  The range is the model's
+    (:func:`dpmsched.denoisers.model_range`) unless ``sigma_range`` = (σ_min, σ_max).  Cached per model and
+    settings unless ``cache=False``.  Use a seed the optimizers did not see for held-out evaluation; the
+    accurate-solve pairs of Phase-2 distillation are these too.
     """
-    from ..solvers import reference
-
-    key = (id(model), int(n), int(seed), int(steps))
-    if key in _REF and _REF[key][0] is model:
+    lo, hi = model_range(model) if sigma_range is None else (float(sigma_range[0]), float(sigma_range[1]))
+    key = (id(model), int(n), int(seed), int(steps), lo, hi, str(dtype), str(device), int(batch))
+    if cache and key in _REF and _REF[key][0] is model:
         return _REF[key][1]
-    lo, hi = model_range(model)
-    z = latents(model, n, seed)
-    xs = [reference(model, hi * z[i:i + batch], hi, lo, steps=steps) for i in range(0, z.shape[0], batch)]
-    out = (z, torch.cat(xs).double())
-    if len(_REF) >= _CACHE_MAX:
-        _REF.pop(next(iter(_REF)))
-    _REF[key] = (model, out)
+    z = solvers.latents(event_shape(model), int(n), seed, dtype)
+    if device is not None:
+        z = z.to(device)
+    xs = [solvers.reference(model, hi * z[i:i + batch], hi, lo, steps=steps) for i in range(0, z.shape[0], batch)]
+    out = (z, torch.cat(xs) if dtype != torch.float64 else torch.cat(xs).double())
+    if cache:
+        if len(_REF) >= _CACHE_MAX:
+            _REF.pop(next(iter(_REF)))
+        _REF[key] = (model, out)
     return out
 
 
 @torch.no_grad()
 def endpoint_error(model, schedule, z: torch.Tensor, x_ref: torch.Tensor, solver: str = "euler",
                    batch: int = 512, **solver_opts) -> float:
-    """RMSE (data units) of ``solver`` on ``schedule`` from latents z (B, *event) against x_ref."""
-    from .. import solvers
-    from ..metrics import truncation_error
-
+    """RMSE (data units) of ``solver`` on ``schedule`` from latents z (B, *event) against x_ref
+    (:func:`dpmsched.metrics.truncation_error`, computed in float64)."""
     s = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
     fn = solvers.get(solver)
     out = torch.cat([fn(model, s.sigmas[0] * z[i:i + batch], s, **solver_opts).double()
@@ -206,8 +191,6 @@ def dp_schedule(C, grid: np.ndarray, steps: int, name: str, discount: float = 1.
     """The grid path with exactly ``steps`` edges minimising the pair costs ``C`` (G, G), as a Schedule
     (σ = grid[path]); ``meta``: ``objective`` (the DP optimum), ``grid_index`` (the path), ``discount``.
     Through the pair DP of the project, :func:`dpmsched.optimize.dp.shortest_paths`."""
-    from .dp import shortest_paths
-
     steps = int(steps)
     if not 1 <= steps <= len(grid) - 1:
         raise ValueError(f"steps must be in 1..{len(grid) - 1} for a grid of {len(grid)} points, got {steps}")

@@ -1,28 +1,34 @@
-"""Your own VP model as an EDM denoiser: a diffusers ``UNet2DModel`` folder, or any ε-/v-/x0-network.
-(ALGORITHMS.md §0.1, §0.4; DESIGN.md §5)
+"""Your own model in, our schedules out: diffusers and k-diffusion in both directions.  (docs/math.md §0.1, §0.4)
 
 * :func:`from_vp_model` — wrap ``model(x_t, t)`` with its noise table (ᾱ array, :class:`DiscreteVP` or
   :class:`LinearVP`) through :class:`~dpmsched.denoisers.vp.VPDenoiser`, the one place the VP ↔ EDM
   conversion lives.
 * :func:`load_diffusers` — read a *local* diffusers folder (a pipeline folder with ``model_index.json``,
   ``unet/`` and ``scheduler/``, or a folder with the UNet's ``config.json`` next to a
-  ``scheduler_config.json``) and return the model as a denoiser.  Nothing is downloaded.
+  ``scheduler_config.json``) and return the model as a denoiser.  Nothing is downloaded, and weights are
+  read from ``*.safetensors`` only (a folder with only a pickle ``.bin`` is refused).
+* :func:`to_diffusers` / :func:`to_kdiffusion` — export a :class:`~dpmsched.schedules.Schedule` to a
+  diffusers scheduler (in place) or to k-diffusion's σ tensor.
 
-diffusers is imported only inside :func:`load_diffusers` (the optional ``[hub]`` extra).
+diffusers is imported only inside the functions that need it (the optional ``[hub]`` extra).
 """
 from __future__ import annotations
 
-import json
+import inspect
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..noise import DiscreteVP, LinearVP
-from .vp import PREDICTIONS, VPDenoiser
+from . import solvers
+from .denoisers.vp import PREDICTIONS, VPDenoiser
+from .files import read_json
+from .noise import DiscreteVP, LinearVP
+from .schedules import Schedule
 
-__all__ = ["from_vp_model", "load_diffusers", "is_diffusers_folder", "alphas_cumprod_from_config",
+__all__ = ["to_diffusers", "to_kdiffusion", "from_vp_model", "load_diffusers", "is_diffusers_folder", "alphas_cumprod_from_config",
            "schedule_of_scheduler", "set_diffusers_schedule", "sample_with_diffusers", "DIFFUSERS_COUNTERPARTS", "diffusers_scheduler",
            "compare_with_diffusers", "tiny_unet_folder"]
 
@@ -67,13 +73,6 @@ def alphas_cumprod_from_config(cfg: dict) -> np.ndarray:
     if cfg.get("rescale_betas_zero_snr"):
         raise ValueError("rescale_betas_zero_snr gives sigma_max = inf, which an EDM schedule cannot start from")
     return np.cumprod(1.0 - betas)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON in {path}: {e}") from e
 
 
 def _layout(folder: Path):
@@ -128,16 +127,34 @@ def load_diffusers(path, device="cpu", dtype=torch.float32, name: str | None = N
         raise ImportError("loading a diffusers model needs the optional dependency: "
                           "pip install 'dpmsched[hub]' (or pip install diffusers)") from e
     unet_dir, sched_path = layout
-    cfg = _read_json(sched_path)
+    cfg = read_json(sched_path, "diffusers scheduler config")
     prediction = cfg.get("prediction_type", "epsilon")
     if prediction not in PREDICTIONS:
         raise ValueError(f"unsupported prediction_type {prediction!r} in {sched_path}; expected one of {PREDICTIONS}")
-    unet = UNet2DModel.from_pretrained(str(unet_dir), torch_dtype=dtype).to(device=device).eval()
+    if not any(unet_dir.glob("*.safetensors")):
+        found = sorted(q.name for q in unet_dir.iterdir() if q.is_file() and q.name != "config.json")
+        raise ValueError(f"{unet_dir} has no *.safetensors weights (found {found}); dpmsched loads diffusers weights "
+                         "from safetensors only, never a pickle .bin — convert them with "
+                         "UNet2DModel.from_pretrained(...).save_pretrained(folder, safe_serialization=True)")
+    unet = UNet2DModel.from_pretrained(str(unet_dir), torch_dtype=dtype, use_safetensors=True).to(device=device).eval()
     size = unet.config.sample_size
     hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
     den = from_vp_model(_UNetOutput(unet), alphas_cumprod_from_config(cfg), prediction=prediction,
                         event_shape=(unet.config.in_channels, *hw), name=name or folder.name)
     return den.to(device)
+
+
+def to_kdiffusion(schedule, device=None) -> torch.Tensor:
+    """k-diffusion's sigma tensor for ``schedule``: its σ's followed by a 0, float64, shape (N+2,) (or (N+1,)
+    when the schedule already ends in 0)."""
+    return schedule.with_final_zero().to_torch(device=device)
+
+
+def to_diffusers(schedule, scheduler, *, rtol: float = 1e-2):
+    """Set ``schedule``'s σ's on a diffusers scheduler (in place; returned).  Euler and EDM-Euler take any
+    σ's; DPM-Solver(++), Heun, DDPM, LCM and TCD take integer timesteps (σ's rounded to the ᾱ table, a
+    warning past ``rtol``); others raise naming the alternatives.  Details: :func:`set_diffusers_schedule`."""
+    return set_diffusers_schedule(scheduler, schedule, rtol=rtol)
 
 
 def schedule_of_scheduler(scheduler, noise: DiscreteVP):
@@ -147,8 +164,6 @@ def schedule_of_scheduler(scheduler, noise: DiscreteVP):
     final σ: 0 (``final_sigmas_type="zero"``) or the table's first entry (``"sigma_min"``, SA-Solver).
     Heun's repeated timesteps count once.  Needs integer timesteps (e.g. ``timestep_spacing="trailing"``).
     """
-    from ..schedules import Schedule
-
     ts = np.asarray(scheduler.timesteps, dtype=np.float64)
     if not np.allclose(ts, np.round(ts)):
         raise ValueError("the scheduler's timesteps are not integers: use timestep_spacing='trailing' or 'leading'")
@@ -185,8 +200,6 @@ def set_diffusers_schedule(scheduler, schedule, *, rtol: float = 1e-2):
     Any other scheduler raises ``ValueError`` naming these alternatives.  The realised schedule is
     :func:`schedule_of_scheduler` (timestep-driven) or ``scheduler.sigmas`` (σ-driven).
     """
-    import warnings
-
     name = type(scheduler).__name__
     sig = np.asarray(schedule.sigmas, dtype=np.float64)
     if name == "EulerDiscreteScheduler":
@@ -247,8 +260,6 @@ def sample_with_diffusers(den: VPDenoiser, scheduler, x: torch.Tensor, generator
         sched = schedule_of_scheduler(scheduler, den.noise)
         s0, s_end = sched.sigmas[0], float(sched.sigmas[-1])
         sample = x / math.sqrt(1.0 + s0**2)
-    import inspect
-
     kw = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for t in scheduler.timesteps:
         inp = scheduler.scale_model_input(sample, t)
@@ -312,8 +323,6 @@ def compare_with_diffusers(den: VPDenoiser, case: str, steps: int, z: torch.Tens
     Ours runs in ``z``'s dtype on the float64 σ's of the scheduler's timesteps; diffusers runs in the same
     dtype.  ``reference`` (optional): compare diffusers with this tensor instead of our output.
     """
-    from .. import solvers
-
     sched = diffusers_scheduler(case, steps)
     s = schedule_of_scheduler(sched, den.noise)
     x = float(s.sigmas[0]) * z

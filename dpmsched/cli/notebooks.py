@@ -1,0 +1,43 @@
+"""``python -m dpmsched demo`` (run the notebook series) and ``strip`` (store notebooks without outputs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..batch import run_all, strip_notebook, summary_table
+from ..files import atomic_write_text
+from .common import ArgumentParser
+
+__all__ = ["demo", "strip"]
+
+
+def strip(argv: list[str]) -> int:
+    """``python -m dpmsched strip [--refresh] NOTEBOOK...``: store notebooks without outputs."""
+    p = ArgumentParser(prog="python -m dpmsched strip", description=strip.__doc__)
+    p.add_argument("notebooks", nargs="+")
+    p.add_argument("--refresh", action="store_true",
+                   help="re-execute and store the outputs of NBVAL_CHECK_OUTPUT cells")
+    a = p.parse_args(argv)
+    for nb in a.notebooks:
+        print(f"{nb}: {'stripped' if strip_notebook(nb, a.refresh) else 'unchanged'}")
+    return 0
+
+
+def demo(argv: list[str]) -> int:
+    """``python -m dpmsched demo [--out runs] [notebooks...]``: run the notebook series (CPU defaults)."""
+    p = ArgumentParser(prog="python -m dpmsched demo", description=demo.__doc__)
+    p.add_argument("notebooks", nargs="*", help="default: notebooks/[0-9]*.ipynb")
+    p.add_argument("--out", default="runs", help="output folder (default: runs)")
+    a = p.parse_args(argv)
+    nbs = [Path(n) for n in a.notebooks] or sorted(Path("notebooks").glob("[0-9]*.ipynb"))
+    if not nbs:
+        print("no notebooks found")
+        return 1
+    rows = run_all(nbs, a.out)
+    table = summary_table(rows)
+    atomic_write_text(Path(a.out) / "summary.md", table + "\n")
+    print("\n" + table)
+    print(f"\nexecuted notebooks: {Path(a.out).resolve()}/\nfigures:            {Path(a.out).resolve()}/figures/")
+    for r in rows:
+        if r["error"]:
+            print(f"\n{r['notebook']} failed:\n{r['error']}")
+    return 1 if any(r["error"] for r in rows) else 0
