@@ -32,6 +32,7 @@ METHODS: dict[str, str] = {
     "gits": "dpmsched.optimize.gits:gits",
     "ays": "dpmsched.optimize.ays:ays",
     "direct": "dpmsched.optimize.direct:direct",
+    "auto": "dpmsched.optimize.auto:auto",
 }
 
 
