@@ -113,7 +113,7 @@ def test_check_parameters_types_and_names():
 @pytest.mark.parametrize("name,value", [("n_samples", 0), ("gauss_steps", 0), ("data_std", -1.0)])
 def test_notebook_parameters_out_of_range_stop_in_the_check_cell(tmp_path, name, value):
     """A papermill run of notebook 01 with an impossible count or scale fails in its parameter check, by name."""
-    row = run_notebook(ROOT / "notebooks" / "01_theorem.ipynb", tmp_path / "out.ipynb", {name: value})
+    row = run_notebook(ROOT / "notebooks" / "01_theorem.ipynb", tmp_path / "out.ipynb", {name: value}, cell_timeout=300)
     assert row["error"] and f"parameter {name!r} must be > 0" in row["error"]
     nb = json.loads((tmp_path / "out.ipynb").read_text())
     failed = [i for i, c in enumerate(nb["cells"]) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
