@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=64"
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,hub]"
+	$(PY) -m pip install --quiet -e ".[dev,hub,mnist]"
 	@touch $@
 
 ## make demo: run the notebook series with CPU defaults into runs/ and print a summary

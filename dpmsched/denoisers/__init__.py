@@ -11,7 +11,8 @@ and ``sigma_max`` (its σ range, floats) and ``name``, so that a sampler, an opt
 :func:`event_shape`).
 
 Submodules: ``exact`` (closed-form denoisers), ``nets`` (the trained networks), ``vp`` (VP ε/v/x0 models in
-EDM coordinates), ``discrete`` (the exact discrete-data companion).  Loading by name lives one layer up,
+EDM coordinates), ``discrete`` (the exact discrete-data companion), ``guidance`` (classifier-free guidance:
+:func:`~dpmsched.denoisers.guidance.guided`).  Loading by name lives one layer up,
 in :mod:`dpmsched.models`; diffusers models in :mod:`dpmsched.adapters`.
 """
 from __future__ import annotations

@@ -124,16 +124,26 @@ class UNet(_DtypeFollowing):
     ``cat([h, ρ_j · skips.pop()])`` (§5.2), then a nearest upsample + conv.  So
     ``n_skips = 1 + levels·blocks + (levels − 1)``; with the defaults (2 levels, 1 block) that is 4.
     ``skip_levels`` (length ``n_skips``) gives each skip's resolution level (0 = full resolution).
+
+    ``num_classes`` > 0 makes it class-conditional: a label embedding (``num_classes + 1`` entries, the last one
+    the *null* label ∅) is added to the noise embedding; ``labels`` (B,) long, or None for ∅ — one network gives the
+    conditional and the unconditional denoiser, as classifier-free guidance needs (``denoisers.guidance``).
     """
 
     def __init__(self, in_ch: int = 1, ch: int = 32, mults=(1, 2), blocks: int = 1, emb_dim: int = 64,
-                 dropout: float = 0.0, size: int = 8):
+                 dropout: float = 0.0, size: int = 8, num_classes: int = 0):
         super().__init__()
         mults = tuple(int(m) for m in mults)
         if size % (2 ** (len(mults) - 1)):
             raise ValueError(f"size {size} must be divisible by 2^(levels-1) = {2 ** (len(mults) - 1)}")
         self.config = {"type": "unet", "in_ch": in_ch, "ch": ch, "mults": list(mults), "blocks": blocks,
                        "emb_dim": emb_dim, "dropout": dropout, "size": size}
+        self.num_classes = int(num_classes)
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        if self.num_classes:                          # unconditional configs stay as they were
+            self.config["num_classes"] = self.num_classes
+        self.label_emb = nn.Embedding(self.num_classes + 1, emb_dim) if self.num_classes else None
         self.emb = _emb_mlp(emb_dim)
         self.inp = nn.Conv2d(in_ch, ch, 3, padding=1)
         skip_ch, skip_lv = [ch], [0]
@@ -180,9 +190,25 @@ class UNet(_DtypeFollowing):
                              f"first), got {len(rho)}")
         return rho
 
-    def _forward(self, x, c, skip_scales=None):
+    def null_label(self) -> int:
+        """The index of the null label ∅ (= ``num_classes``)."""
+        return self.num_classes
+
+    def _labels(self, labels, batch: int, device) -> torch.Tensor:
+        lab = torch.full((batch,), self.num_classes, dtype=torch.long, device=device) if labels is None else \
+            torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1).expand(batch)
+        if lab.shape != (batch,) or (lab < 0).any() or (lab > self.num_classes).any():
+            raise ValueError(f"labels must be one class in 0..{self.num_classes - 1} (or {self.num_classes} = null) "
+                             f"per sample, got shape {tuple(lab.shape)} for a batch of {batch}")
+        return lab
+
+    def _forward(self, x, c, skip_scales=None, labels=None):
         rho = self._scales(skip_scales)
         e = self.emb(c)
+        if self.label_emb is not None:
+            e = e + self.label_emb(self._labels(labels, x.shape[0], x.device))
+        elif labels is not None:
+            raise ValueError("this UNet is unconditional (num_classes = 0): it takes no labels")
         h = self.inp(x)
         skips = [h]
         for blk in self.down:
