@@ -187,3 +187,14 @@ def test_optimize_refuses_mistyped_or_unknown_options(tmp_path, capsys, opt, msg
 def test_optimize_refuses_an_unknown_solver_for_every_method(method):
     with pytest.raises(ValueError, match="unknown solver 'foo'"):
         optimize("toy2d-ring", method, 3, solver="foo")
+
+
+def test_direct_best_start_is_no_worse_than_any_of_its_starts_on_training():
+    ring = load("toy2d-ring")
+    common = {"n": 32, "grid_points": 32}
+    d = optimize(ring, "direct", 4, **common, iters=3, polish=20, init="best")
+    T = TT.teacher(ring, **common)
+    starts = {m: TT.endpoint_error(ring, optimize(ring, m, 4, **common), T.z, T.x[-1])
+              for m in ("hand-tuned", "gits", "bound-prop")}
+    assert d.meta["init"].split(":")[1] == min(starts, key=starts.get)
+    assert d.meta["train_rmse"] <= min(starts.values()) * (1 + 1e-9)

@@ -19,6 +19,8 @@ import torch
 from .. import solvers, theory
 from ..denoisers import model_range
 from ..schedules import Schedule
+from .bound import bound_prop
+from .gits import gits
 from .teacher import endpoint_error, teacher
 
 __all__ = ["direct", "fit_logits", "karras_tuned", "hand_tuned"]
@@ -65,9 +67,10 @@ def direct(model, steps: int, solver: str = "euler", *, n: int = 128, grid_point
     """Fit the schedule to the teacher endpoints of ``n`` training latents (seed ``seed``): ``iters``
     Adam steps through the solver, then (``polish`` > 0) Nelder–Mead with at most ``polish``
     evaluations from the Adam result and from the init; the best training RMSE wins.
-    ``init``: "karras" (ρ = 7), "logsnr" (uniform λ, LD3's init) or a Schedule (N steps, the
-    model's σ range; e.g. the best hand-made one, so the limit is at least as good as it).  ``meta["objective"]``: the
-    training RMSE of the returned schedule."""
+    ``init``: "karras" (ρ = 7), "logsnr" (uniform λ, LD3's init), "best" (the lowest training RMSE of
+    ``hand-tuned``, ``gits`` and ``bound-prop`` on the same teacher — a start no worse than any of them, so the limit
+    is at least as good as each on the training latents) or a Schedule (N steps, the model's σ range).
+    ``meta["objective"]``: the training RMSE of the returned schedule; ``meta["init"]`` names the start."""
     t0 = time.perf_counter()
     T = teacher(model, n=n, grid_points=grid_points, seed=seed)
     lo, hi = float(T.grid[-1]), float(T.grid[0])
@@ -76,12 +79,19 @@ def direct(model, steps: int, solver: str = "euler", *, n: int = 128, grid_point
         if s0.steps != int(steps) or not np.allclose([s0.sigmas[0], s0.sigmas[-1]], [hi, lo]):
             raise ValueError(f"init schedule must have {steps} steps from {hi:g} to {lo:g}")
         z0, init = theory.logits_of_sigmas(s0), f"schedule:{s0.name}"
+    elif init == "best":
+        common = {"n": n, "grid_points": grid_points, "seed": seed}
+        starts = {"hand-tuned": hand_tuned(model, steps, solver, **common, **solver_opts),
+                  "gits": gits(model, steps, solver, **common), "bound-prop": bound_prop(model, steps, solver, **common)}
+        rmse = {k: endpoint_error(model, s, T.z, T.x[-1], solver, **solver_opts) for k, s in starts.items()}
+        pick = min(rmse, key=rmse.get)
+        z0, init = theory.logits_of_sigmas(starts[pick]), f"best:{pick}"
     elif init == "karras":
         z0 = theory.logits_of_sigmas(Schedule.karras(steps, lo, hi))
     elif init == "logsnr":
         z0 = np.zeros(int(steps))
     else:
-        raise ValueError(f"init must be 'karras', 'logsnr' or a Schedule, got {init!r}")
+        raise ValueError(f"init must be 'karras', 'logsnr', 'best' or a Schedule, got {init!r}")
     sig, loss, hist = fit_logits(model, z0, T.z, T.x[-1], lo, hi, solver, iters, lr, n, seed, progress,
                                  **solver_opts)
     adam_rmse, nm_evals = float(np.sqrt(loss)), 0
