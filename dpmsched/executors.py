@@ -68,7 +68,7 @@ class LocalPool:
         self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
                                         initializer=_watch_parent, initargs=(os.getpid(),))
 
-    def check(self, folder: Path, notebook: Path) -> None:
+    def check(self, folder: Path, notebook: Path, log=print) -> None:
         """Nothing to check: the workers are processes of this machine."""
 
     def slots(self) -> int:
@@ -162,15 +162,18 @@ class DaskPool:
         except (KeyError, AttributeError):    # a scheduler without a dashboard
             return None
 
-    def check(self, folder: Path, notebook: Path) -> None:
-        """Every worker must write in ``folder`` and see ``notebook`` (a shared filesystem): ValueError if not."""
+    def check(self, folder: Path, notebook: Path, log=print) -> None:
+        """Every worker must write in ``folder`` and see ``notebook`` (a shared filesystem): ValueError if not.
+
+        On the user's cluster it first waits for one worker (Slurm worker jobs may still be queued)."""
+        if not self.client.nthreads():
+            log(f"waiting for the first worker to join the Dask cluster at {self.scheduler} ...")
+            self.client.wait_for_workers(1)
         try:
             answers = self.client.run(probe_folder, str(folder), str(notebook))
         except Exception as e:   # e.g. the workers cannot import dpmsched
             raise ValueError(f"the Dask workers cannot run dpmsched's start-up check ({type(e).__name__}: {e}); "
                              "install dpmsched and papermill in the workers' environment") from None
-        if not answers:
-            raise ValueError(f"the Dask cluster {self.scheduler or ''} has no workers".replace("  ", " "))
         bad = {w: msg for w, msg in answers.items() if msg}
         if bad:
             w, msg = next(iter(sorted(bad.items())))
@@ -185,8 +188,8 @@ class DaskPool:
             return 0
 
     def submit(self, key: str, fn, *args):
-        # a fixed key per run: submitting a run the cluster already holds (another sweep of the same grid
-        # on the same scheduler) joins that task instead of starting a second copy
+        # a fixed key per run and output folder: submitting a run the cluster already holds (another sweep
+        # of the same grid into the same folder on the same scheduler) joins that task instead of a second copy
         fut = self.client.submit(fn, *args, key=key, pure=False)
         self.futures.append(fut)
         return fut

@@ -262,8 +262,9 @@ def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures:
 
     try:
         pool.start(len(todo), say)
-        pool.check(out_dir, notebook)                      # every worker can write here and see the notebook
-        futures = {pool.submit(f"dpmsched-{notebook.stem}-{params_hash(p)}", _run_one, str(notebook), p,
+        pool.check(out_dir, notebook, say)                 # every worker can write here and see the notebook
+        where = hashlib.sha256(str(out_dir).encode("utf-8")).hexdigest()[:8]    # the same run into another --out
+        futures = {pool.submit(f"dpmsched-{notebook.stem}-{params_hash(p)}-{where}", _run_one, str(notebook), p,
                                str(out_dir), figures, cell_timeout): p for p in todo}
         for fut in pool.as_completed(futures):
             p = futures[fut]
