@@ -211,8 +211,6 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-
-
 def _progress(total: int, enabled: bool):
     """The tqdm bar over runs (on stderr; a no-op object when not ``enabled``)."""
     from tqdm import tqdm

@@ -56,6 +56,21 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[1])
 
 
+def sweep_to_the_end(cmd: list[str], tries: int = 3) -> subprocess.CompletedProcess:
+    """Run a sweep until it exits, re-running it (it resumes) only when a run failed on a cell timeout.
+
+    papermill now and then waits forever on a kernel that has gone idle after notebook 01's widget cell
+    (jupyter/nbclient#312; under either executor): ``--cell-timeout`` turns that into a failed run, and the
+    documented remedy — the same command again — redoes just that run.
+    """
+    for _ in range(tries):
+        res = subprocess.run(cmd + ["--cell-timeout", "60"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                             timeout=600)
+        if res.returncode != 1 or "timed out" not in res.stdout:
+            break
+    return res
+
+
 @needs_dask
 @pytest.mark.slow
 @pytest.mark.notebook
@@ -66,14 +81,12 @@ def test_dask_gives_the_records_of_the_local_executor(tmp_path):
                       {"steps": 3, "rho": 3.0, "mixture": "grid", "n_samples": 64, "seed": 1})
     got = {}
     for executor in ("local", "dask"):
-        res = subprocess.run(sweep_cmd(grid, tmp_path / executor, executor), cwd=ROOT, env=ENV,
-                             capture_output=True, text=True, timeout=400)
-        assert res.returncode == 0, res.stdout + res.stderr
-        assert "4 ok, 0 failed, 0 skipped" in res.stdout, res.stdout
+        res = sweep_to_the_end(sweep_cmd(grid, tmp_path / executor, executor))
+        assert res.returncode == 0 and ", 0 failed, " in res.stdout, res.stdout + res.stderr
         files = sorted((tmp_path / executor / "01_theorem").glob("[0-9a-f]*.json"))
         got[executor] = {f.name: json.loads(f.read_text()) for f in files}
     assert "Dask dashboard: http://127.0.0.1:" in res.stdout and "sweep: 100%" in res.stderr, res.stdout + res.stderr
-    assert re.search(r"finished 4, failed 0, running 0", res.stderr), res.stderr      # the progress bar's postfix
+    assert re.search(r"finished \d, failed 0, running 0", res.stderr), res.stderr     # the progress bar's postfix
     assert len(got["dask"]) == 4 and sorted(got["dask"]) == sorted(got["local"])
     for name, rec in got["dask"].items():
         assert rec["status"] == "ok" and rec["parameters"] == got["local"][name]["parameters"]
