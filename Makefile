@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=64"
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,hub,mnist]"
+	$(PY) -m pip install --quiet -e ".[dev,hub,mnist,dask]"
 	@touch $@
 
 ## make demo: run the notebook series with CPU defaults into runs/ and print a summary
@@ -51,12 +51,16 @@ strip: $(STAMP)
 bench: $(STAMP)
 	@set -e; for f in $(sort $(wildcard benchmarks/bench_*.py)); do echo "== $$f"; $(PY) $$f; done
 
-## make sweep [GRID=sweeps/example.yaml] [WORKERS=2]: papermill runs over a grid into runs/<nb>/, then the report
-## (the report also when some runs failed: it lists them; the exit status is the sweep's)
-GRID    ?= sweeps/example.yaml
-WORKERS ?= 2
+## make sweep [GRID=sweeps/example.yaml] [WORKERS=2] [EXECUTOR=local|dask] [SCHEDULER=tcp://HOST:PORT]: papermill runs
+## over a grid into runs/<nb>/, then the report (the report also when some runs failed: it lists them; the exit status
+## is the sweep's).  EXECUTOR=dask: each run a task on a Dask LocalCluster on 127.0.0.1, or on SCHEDULER's cluster
+GRID      ?= sweeps/example.yaml
+WORKERS   ?= 2
+EXECUTOR  ?= local
+SCHEDULER ?=
 sweep: $(STAMP)
-	@rc=0; OMP_NUM_THREADS=1 $(PY) -m dpmsched sweep $(GRID) --workers $(WORKERS) --out runs || rc=$$?; \
+	@rc=0; OMP_NUM_THREADS=1 $(PY) -m dpmsched sweep $(GRID) --workers $(WORKERS) --executor $(EXECUTOR) \
+	  $(if $(SCHEDULER),--scheduler $(SCHEDULER),) --out runs || rc=$$?; \
 	  if [ $$rc -le 1 ]; then $(PY) -m dpmsched report runs; fi; exit $$rc
 
 ## make test-ui: opt-in real-browser test (JupyterLab on 127.0.0.1 + Debian chromium via Playwright; not in make test)

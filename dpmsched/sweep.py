@@ -10,7 +10,9 @@ A grid file (YAML) names a notebook and its parameters::
       data_std: [0.25, 0.5, 1.0]
 
 ``python -m dpmsched sweep GRID.yaml --workers 2`` runs each combination with papermill
-(:func:`dpmsched.batch.run_notebook`) in a process pool.  Run ``p`` of notebook ``NN_x`` writes
+(:func:`dpmsched.batch.run_notebook`) in a process pool, or with ``--executor dask`` as tasks on a Dask
+cluster (:mod:`dpmsched.executors`); both executors run the same task, :func:`_run_one`, which runs one
+notebook and writes its record.  Run ``p`` of notebook ``NN_x`` writes
 
 * ``runs/NN_x/<params_hash(p)>.ipynb`` — the executed notebook;
 * ``runs/NN_x/<params_hash(p)>.json`` — its *record* (parameters, results, seconds), written
@@ -21,22 +23,24 @@ A grid file (YAML) names a notebook and its parameters::
 
 ``python -m dpmsched report runs/`` turns the records into a markdown table and a figure per notebook
 (:mod:`dpmsched.report`).  The command line is :mod:`dpmsched.cli.sweep`.
-Only papermill (in the workers) and matplotlib (in the report) are heavy; both load lazily.
+Only papermill (in the workers), dask (in the Dask executor) and matplotlib (in the report) are heavy; all
+load lazily.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
-import os
 import re
 import signal
+import sys
 import threading
 import time
 import traceback
 from pathlib import Path
 
 from .batch import DEFAULT_CELL_TIMEOUT, check_parameters, last_line, run_notebook
+from .executors import make_executor
 from .files import atomic_write_text, clean_stale_temporaries, read_yaml
 
 __all__ = ["load_grid", "params_hash", "expand_grid", "is_finished", "run_sweep", "format_params", "Terminated"]
@@ -129,22 +133,45 @@ def is_finished(record_path, params: dict) -> bool:
             and isinstance(rec.get("results"), dict))
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Pool-worker initializer: exit when the sweep process is gone (killed with no chance to clean up).
+def _record(notebook, params: dict, seconds: float, error: str | None, results: dict | None = None) -> dict:
+    """A run's record: parameters, status, seconds, and its results (ok) or its traceback (failed)."""
+    h = params_hash(params)
+    rec = {"notebook": Path(notebook).name, "hash": h, "parameters": params, "status": "failed" if error else "ok",
+           "seconds": round(seconds, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "executed": f"{h}.ipynb"}
+    if error:
+        rec["error"] = _ANSI.sub("", error)
+    else:
+        rec["results"] = results
+    return rec
 
-    The worker's kernel follows by itself (ipykernel polls its own parent).
-    """
-    def poll():
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)
 
-    threading.Thread(target=poll, daemon=True).start()
+def _write_record(out_dir: Path, rec: dict) -> dict:
+    """``<hash>.json`` (ok; removes an older failure record) or ``<hash>.failed.json``, atomically."""
+    h = rec["hash"]
+    if rec["status"] == "ok":
+        atomic_write_text(out_dir / f"{h}.json", json.dumps(rec, indent=1))
+        (out_dir / f"{h}.failed.json").unlink(missing_ok=True)
+    else:
+        atomic_write_text(out_dir / f"{h}.failed.json", json.dumps(rec, indent=1))
+    return rec
+
+
+def _finished_record(out_dir: Path, params: dict) -> dict | None:
+    """The record of ``params`` in ``out_dir`` when that run has finished, else None."""
+    path = out_dir / f"{params_hash(params)}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if is_finished(path, params) else None
 
 
 def _run_one(notebook: str, params: dict, out_dir: str, figures: bool, cell_timeout: float | None = None) -> dict:
-    """Pool task: one papermill run; writes its record (or failure record) atomically and returns it."""
+    """The task of every executor: one papermill run; writes its record (or failure record) atomically and
+    returns it.  A run that has already finished is not run again (a Dask task re-run after its worker died
+    just after the record was written) and returns its record.
+    """
     out_dir, h = Path(out_dir), params_hash(params)
+    done = _finished_record(out_dir, params)
+    if done is not None:
+        return done
     nb_results = out_dir / f".{h}.notebook-results.json"
     run_params = dict(params)
     if figures:
@@ -152,21 +179,17 @@ def _run_one(notebook: str, params: dict, out_dir: str, figures: bool, cell_time
     try:
         row = run_notebook(notebook, out_dir / f"{h}.ipynb", run_params, results_json=nb_results,
                            cell_timeout=cell_timeout)
-        error = row["error"]
     except Exception:
-        row, error = {"seconds": float("nan"), "results": {}}, traceback.format_exc()
-    rec = {"notebook": Path(notebook).name, "hash": h, "parameters": params, "status": "failed" if error else "ok",
-           "seconds": round(row["seconds"], 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "executed": f"{h}.ipynb"}
-    if error:
-        rec["error"] = _ANSI.sub("", error)
-        atomic_write_text(out_dir / f"{h}.failed.json", json.dumps(rec, indent=1))
-    else:
-        rec["results"] = row["results"]
-        atomic_write_text(out_dir / f"{h}.json", json.dumps(rec, indent=1))
-        (out_dir / f"{h}.failed.json").unlink(missing_ok=True)
+        row = {"seconds": float("nan"), "results": {}, "error": traceback.format_exc()}
+    rec = _write_record(out_dir, _record(notebook, params, row["seconds"], row["error"], row["results"]))
     nb_results.unlink(missing_ok=True)
     return rec
+
+
+def _lost_run(notebook: Path, out_dir: Path, params: dict, error: str) -> dict:
+    """The record of a run whose task did not return (its worker died, the pool broke, the scheduler gave up):
+    the finished record if the run got as far as writing one, else a failure record, written like any other."""
+    return _finished_record(out_dir, params) or _write_record(out_dir, _record(notebook, params, float("nan"), error))
 
 
 def format_params(params: dict) -> str:
@@ -188,21 +211,31 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures: bool = False,
-              log=print, cell_timeout: float | None = DEFAULT_CELL_TIMEOUT) -> dict:
-    """Run ``notebook`` once per parameter dict in ``runs`` (``workers`` at a time), skipping finished runs.
+def _progress(total: int, enabled: bool):
+    """The tqdm bar over runs (on stderr; a no-op object when not ``enabled``)."""
+    from tqdm import tqdm
 
+    return tqdm(total=total, unit="run", desc="sweep", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures: bool = False,
+              log=print, cell_timeout: float | None = DEFAULT_CELL_TIMEOUT, executor: str = "local",
+              scheduler: str | None = None, progress: bool = False) -> dict:
+    """Run ``notebook`` once per parameter dict in ``runs``, skipping finished runs.
+
+    ``executor``: ``"local"`` (``workers`` processes on this machine) or ``"dask"`` (a Dask LocalCluster
+    of ``workers`` processes on 127.0.0.1, or the cluster whose scheduler is at ``scheduler``; see
+    :mod:`dpmsched.executors`).  Both run the same task and give the same records.
     Writes into ``out/<notebook stem>/`` as described in the module docstring.  Returns
     ``{"ran": [record...], "skipped": [hash...], "failed": [record...]}`` (failed ⊂ ran).  On SIGTERM
     or Ctrl-C it stops the workers (their kernels follow) and re-raises ``KeyboardInterrupt``;
     finished runs keep their records, unfinished ones leave none.  A cell running longer than
     ``cell_timeout`` seconds (None: no limit) fails its run, so one hung kernel cannot stall the sweep.
+    ``progress``: show a tqdm bar over the runs (finished / failed / running) on stderr.
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
+    pool = make_executor(executor, workers, scheduler)     # a missing extra fails here, before any output
     notebook = Path(notebook).resolve()
     out_dir = Path(out).resolve() / notebook.stem
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -214,41 +247,46 @@ def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures:
     todo = [p for p, h in zip(runs, hashes) if not is_finished(out_dir / f"{h}.json", p)]
     skipped = [h for p, h in zip(runs, hashes) if p not in todo]
     log(f"{notebook.name}: {len(runs)} runs, {len(skipped)} already finished, {len(todo)} to run "
-        f"with {workers} worker(s) into {out_dir}")
+        f"{pool.where()} into {out_dir}")
     ran, failed = [], []
     if not todo:
         return {"ran": ran, "skipped": skipped, "failed": failed}
     old = signal.signal(signal.SIGTERM, _raise_terminated) if threading.current_thread() is threading.main_thread() else None
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn"),
-                               initializer=_watch_parent, initargs=(os.getpid(),))
+    bar = _progress(len(todo), progress)
+
+    def say(text):
+        with bar.external_write_mode():
+            log(text)
+
     try:
-        futures = {pool.submit(_run_one, str(notebook), p, str(out_dir), figures, cell_timeout): p for p in todo}
-        for fut in as_completed(futures):
+        pool.start(len(todo), say)
+        pool.check(out_dir, notebook, say)                 # every worker can write here and see the notebook
+        where = hashlib.sha256(str(out_dir).encode("utf-8")).hexdigest()[:8]    # the same run into another --out
+        futures = {pool.submit(f"dpmsched-{notebook.stem}-{params_hash(p)}-{where}", _run_one, str(notebook), p,
+                               str(out_dir), figures, cell_timeout): p for p in todo}
+        for fut in pool.as_completed(futures):
             p = futures[fut]
             try:
                 rec = fut.result()
-            except Exception:   # the worker itself died (e.g. killed): report it like a failed run
-                rec = {"notebook": notebook.name, "hash": params_hash(p), "parameters": p, "status": "failed",
-                       "seconds": float("nan"), "error": traceback.format_exc()}
+            except Exception:   # the task did not return (its worker died, the pool broke): a failed run
+                rec = _lost_run(notebook, out_dir, p, traceback.format_exc())
             ran.append(rec)
             n = len(ran)
             if rec["status"] == "ok":
-                log(f"[{n}/{len(todo)}] ok      {rec['seconds']:7.1f} s  {format_params(p)}")
+                say(f"[{n}/{len(todo)}] ok      {rec['seconds']:7.1f} s  {format_params(p)}")
             else:
                 failed.append(rec)
-                log(f"[{n}/{len(todo)}] FAILED  {rec['seconds']:7.1f} s  {format_params(p)}: {last_line(rec['error'])}")
+                say(f"[{n}/{len(todo)}] FAILED  {rec['seconds']:7.1f} s  {format_params(p)}: {last_line(rec['error'])}")
+            bar.set_postfix_str(f"finished {n - len(failed)}, failed {len(failed)}, "
+                                f"running {min(pool.slots(), len(todo) - n)}", refresh=False)
+            bar.update(1)
     except KeyboardInterrupt:
-        _log_failures(notebook.name, failed, log)
-        log(f"interrupted: stopping {len(getattr(pool, '_processes', None) or {})} worker(s); "
-            f"{len(ran)} run(s) finished this time, re-run the sweep to do the rest")
-        # ProcessPoolExecutor has no public "kill the workers": without this, shutdown would wait
-        # for every running notebook to end
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        _log_failures(notebook.name, failed, say)
+        say(f"interrupted: {pool.stop()}; {len(ran)} run(s) finished this time, re-run the sweep to do the rest")
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.close()
+        bar.close()
         if old is not None:
             signal.signal(signal.SIGTERM, old)
     _log_failures(notebook.name, failed, log)

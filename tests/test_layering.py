@@ -30,6 +30,7 @@ LAYERS = [
     ["dpmsched.plots"],
     ["dpmsched.widgets"],
     ["dpmsched.batch"],
+    ["dpmsched.executors"],                             # where sweep runs execute: local pool, Dask
     ["dpmsched.sweep"],
     ["dpmsched.report"],
     ["dpmsched.results"],
