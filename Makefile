@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # two pytest workers on a 2-core machine, one torch thread each
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test lint test-py test-nb lab strip bench clean sweep test-ui
+.PHONY: setup demo test lint test-py test-nb lab strip student bench clean sweep test-ui
 
 setup: $(STAMP)
 
@@ -46,6 +46,12 @@ lab: $(STAMP)
 ## make strip: remove outputs from the stored notebooks, refreshing the NBVAL_CHECK_OUTPUT cells
 strip: $(STAMP)
 	$(PY) -m dpmsched strip --refresh $(NOTEBOOKS)
+
+## make student [STUDENT_DIR=runs/student]: copies of the notebooks without the cells tagged "solution" (the worked
+## solutions of the exercises), to hand out to a class; the notebooks in notebooks/ keep them (docs/teaching.md)
+STUDENT_DIR ?= runs/student
+student: $(STAMP)
+	$(PY) -m dpmsched student --out $(STUDENT_DIR) $(NOTEBOOKS)
 
 ## make bench: every benchmarks/bench_*.py (each writes benchmarks/<name>.json + .md, ratios vs a baseline of the same run)
 bench: $(STAMP)

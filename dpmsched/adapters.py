@@ -8,7 +8,8 @@
   ``scheduler_config.json``) and return the model as a denoiser.  Nothing is downloaded, and weights are
   read from ``*.safetensors`` only (a folder with only a pickle ``.bin`` is refused).
 * :func:`to_diffusers` / :func:`to_kdiffusion` — export a :class:`~dpmsched.schedules.Schedule` to a
-  diffusers scheduler (in place) or to k-diffusion's σ tensor.
+  diffusers scheduler (in place) or to k-diffusion's σ tensor; :func:`pipeline_kwargs` — the ``sigmas=`` /
+  ``timesteps=`` argument a diffusers pipeline call needs to run it.
 
 diffusers is imported only inside the functions that need it (the optional ``[hub]`` extra).
 """
@@ -30,7 +31,8 @@ from .schedules import Schedule
 
 __all__ = ["to_diffusers", "to_kdiffusion", "from_vp_model", "load_diffusers", "is_diffusers_folder", "alphas_cumprod_from_config",
            "schedule_of_scheduler", "set_diffusers_schedule", "sample_with_diffusers", "DIFFUSERS_COUNTERPARTS", "diffusers_scheduler",
-           "compare_with_diffusers", "tiny_unet_folder"]
+           "compare_with_diffusers", "tiny_unet_folder", "pipeline_kwargs",
+           "SIGMA_SCHEDULERS", "TIMESTEP_SCHEDULERS"]
 
 
 def from_vp_model(model, noise, prediction: str = "epsilon", event_shape=(), time_scale: float = 1.0,
@@ -184,27 +186,23 @@ def _final_sigma(scheduler, table: np.ndarray) -> float:
     return float(table[0]) if getattr(scheduler.config, "final_sigmas_type", "zero") == "sigma_min" else 0.0
 
 
-def set_diffusers_schedule(scheduler, schedule, *, rtol: float = 1e-2):
-    """Make a diffusers ``scheduler`` step through ``schedule``'s σ's; returns the scheduler (set in place).
+def pipeline_kwargs(schedule, scheduler, *, rtol: float = 1e-2) -> dict:
+    """The keyword arguments that make a diffusers pipeline step through ``schedule``: ``{"sigmas": [...]}``
+    (``EulerDiscreteScheduler``: the σ's; ``EDMEulerScheduler``: its Karras ramp, a float64 tensor) or
+    ``{"timesteps": [...]}`` (the timestep-driven :data:`TIMESTEP_SCHEDULERS`), for the pipeline's own call::
 
-    * ``EulerDiscreteScheduler``: the σ's themselves (``set_timesteps(sigmas=…)``; the model gets the
-      fractional timestep diffusers interpolates in log σ).
-    * ``EDMEulerScheduler`` (``sigma_schedule="karras"``): the Karras ramp r_i that reproduces σ_i,
-      r = (σ^{1/ρ} − σ_max^{1/ρ}) / (σ_min^{1/ρ} − σ_max^{1/ρ}); the schedule must end where the scheduler
-      ends (0 for ``final_sigmas_type="zero"``).
-    * timestep-driven schedulers (:data:`TIMESTEP_SCHEDULERS`): σ_0..σ_{N−1} become the nearest integer
-      timesteps of the scheduler's ᾱ table (nearest in log σ); the last σ must be the scheduler's own final
-      σ (0, or the table's σ at t = 0 for ``final_sigmas_type="sigma_min"``).  Rounding that moves a σ
-      by more than ``rtol`` (relative) warns; two σ's landing on one timestep raise.
+        images = pipe(prompt, **adapters.pipeline_kwargs(schedule, pipe.scheduler)).images
 
-    Any other scheduler raises ``ValueError`` naming these alternatives.  The realised schedule is
-    :func:`schedule_of_scheduler` (timestep-driven) or ``scheduler.sigmas`` (σ-driven).
+    A pipeline calls ``scheduler.set_timesteps`` itself at the start of every call (diffusers'
+    ``retrieve_timesteps``), so a schedule set on the scheduler beforehand is overwritten unless the call passes it
+    again — and a call with ``num_inference_steps=None`` and neither ``sigmas`` nor ``timesteps`` raises in
+    ``set_timesteps``.  ``scheduler`` is only read (its class and config), not changed.  The values are the ones
+    :func:`to_diffusers` sets, with the same checks, rounding and warning (see :func:`set_diffusers_schedule`).
     """
     name = type(scheduler).__name__
     sig = np.asarray(schedule.sigmas, dtype=np.float64)
     if name == "EulerDiscreteScheduler":
-        scheduler.set_timesteps(sigmas=[float(v) for v in sig])
-        return scheduler
+        return {"sigmas": [float(v) for v in sig]}
     if name == "EDMEulerScheduler":
         cfg = scheduler.config
         if cfg.sigma_schedule != "karras":
@@ -215,9 +213,9 @@ def set_diffusers_schedule(scheduler, schedule, *, rtol: float = 1e-2):
             raise ValueError(f"EDMEulerScheduler (final_sigmas_type={cfg.final_sigmas_type!r}) ends at sigma = {end}; "
                              f"the schedule ends at {sig[-1]:g} (use .with_final_zero())")
         lo, hi, rho = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho), cfg.rho
-        ramp = (sig[:-1] ** (1 / rho) - hi) / (lo - hi)
-        scheduler.set_timesteps(sigmas=torch.as_tensor(ramp, dtype=torch.float64))
-        return scheduler
+        # the Karras ramp r_i in [0, 1] that EDMEulerScheduler maps back to sigma_i (its "sigmas" argument,
+        # which it needs as a tensor)
+        return {"sigmas": torch.as_tensor((sig[:-1] ** (1 / rho) - hi) / (lo - hi), dtype=torch.float64)}
     if name not in TIMESTEP_SCHEDULERS:
         raise ValueError(f"{name} cannot take a custom schedule; use one that can: "
                          f"{', '.join(SIGMA_SCHEDULERS)} (any sigmas) or {', '.join(TIMESTEP_SCHEDULERS)} "
@@ -239,8 +237,29 @@ def set_diffusers_schedule(scheduler, schedule, *, rtol: float = 1e-2):
     if moved.max() > rtol:
         i = int(moved.argmax())
         warnings.warn(f"{name} takes integer timesteps: sigma {sig[i]:g} (index {i}) became {table[idx[i]]:g} "
-                      f"(relative change {moved[i]:.3g} > rtol = {rtol})", stacklevel=2)
-    scheduler.set_timesteps(timesteps=[int(v) for v in idx])
+                      f"(relative change {moved[i]:.3g} > rtol = {rtol})", stacklevel=3)
+    return {"timesteps": [int(v) for v in idx]}
+
+
+def set_diffusers_schedule(scheduler, schedule, *, rtol: float = 1e-2):
+    """Make a diffusers ``scheduler`` step through ``schedule``'s σ's; returns the scheduler (set in place).
+
+    * ``EulerDiscreteScheduler``: the σ's themselves (``set_timesteps(sigmas=…)``; the model gets the
+      fractional timestep diffusers interpolates in log σ).
+    * ``EDMEulerScheduler`` (``sigma_schedule="karras"``): the Karras ramp r_i that reproduces σ_i,
+      r = (σ^{1/ρ} − σ_max^{1/ρ}) / (σ_min^{1/ρ} − σ_max^{1/ρ}); the schedule must end where the scheduler
+      ends (0 for ``final_sigmas_type="zero"``).
+    * timestep-driven schedulers (:data:`TIMESTEP_SCHEDULERS`): σ_0..σ_{N−1} become the nearest integer
+      timesteps of the scheduler's ᾱ table (nearest in log σ); the last σ must be the scheduler's own final
+      σ (0, or the table's σ at t = 0 for ``final_sigmas_type="sigma_min"``).  Rounding that moves a σ
+      by more than ``rtol`` (relative) warns; two σ's landing on one timestep raise.
+
+    Any other scheduler raises ``ValueError`` naming these alternatives.  The realised schedule is
+    :func:`schedule_of_scheduler` (timestep-driven) or ``scheduler.sigmas`` (σ-driven).  It is exactly
+    ``scheduler.set_timesteps(**pipeline_kwargs(schedule, scheduler))``; a pipeline call must pass the same
+    keyword arguments (:func:`pipeline_kwargs`), or it resets the scheduler.
+    """
+    scheduler.set_timesteps(**pipeline_kwargs(schedule, scheduler, rtol=rtol))
     return scheduler
 
 

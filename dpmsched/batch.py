@@ -23,7 +23,7 @@ from pathlib import Path
 from .files import atomic_write_text
 
 __all__ = ["check_parameters", "save_results", "run_notebook", "run_all", "summary_table", "last_line", "md_cell",
-           "strip_notebook", "DEFAULT_CELL_TIMEOUT"]
+           "strip_notebook", "student_notebook", "SOLUTION_TAG", "DEFAULT_CELL_TIMEOUT"]
 
 #: seconds one cell may run in the demo and in sweeps before its run fails; a kernel that stops answering
 #: (seen once in a sweep on the shared machine) then costs this long instead of stalling everything
@@ -163,6 +163,26 @@ def summary_table(rows: list[dict]) -> str:
     total = sum(r["seconds"] for r in rows)
     lines.append(f"| **total** | {sum(not r['error'] for r in rows)}/{len(rows)} ok | {total:.1f} | |")
     return "\n".join(lines)
+
+
+#: the cell tag of a worked solution; :func:`student_notebook` drops these cells
+SOLUTION_TAG = "solution"
+
+
+def student_notebook(path, out_path) -> int:
+    """Write a student copy of the notebook ``path`` to ``out_path``: every cell tagged :data:`SOLUTION_TAG`
+    removed, every other cell kept as it is (the stored notebooks carry no outputs), written atomically.
+    Returns the number of cells removed.  The copy runs on its own: solution cells only read the notebook's
+    state, nothing after them depends on them."""
+    import nbformat
+
+    nb = nbformat.read(Path(path), as_version=4)
+    keep = [c for c in nb.cells if SOLUTION_TAG not in c.get("metadata", {}).get("tags", [])]
+    removed = len(nb.cells) - len(keep)
+    nb.cells = keep
+    nbformat.validate(nb)
+    atomic_write_text(Path(out_path), nbformat.writes(nb) + "\n")
+    return removed
 
 
 def strip_notebook(path, refresh: bool = False) -> bool:

@@ -84,3 +84,64 @@ def test_papermill_rejects_bad_parameters(tmp_path):
     assert res["error"] and "parameter 'steps' must be int, got str" in res["error"]
     res = run_notebook(path, tmp_path / "b.ipynb", {"stepz": 5})
     assert res["error"] and "unknown parameter(s) ['stepz']" in res["error"]
+
+
+# --- worked solutions and the student copies (make student) ---------------------------------------------------------
+
+def _tags(cell):
+    return cell.get("metadata", {}).get("tags", [])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_exercise_has_a_worked_solution_right_after_the_list(path):
+    """The exercise list is followed by cells tagged "solution", one "**Solution k.**" per exercise k."""
+    import re
+
+    nb = nbformat.read(path, as_version=4)
+    i = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "## Exercises" in c.source)
+    exercises = [int(k) for k in re.findall(r"^(\d+)\. ", nb.cells[i].source.split("## Exercises", 1)[1], flags=re.M)]
+    assert exercises == list(range(1, len(exercises) + 1)) and len(exercises) >= 4, exercises
+    assert "solution" in _tags(nb.cells[i + 1]), "the cell after the exercises must be a solution"
+    sol = [c for c in nb.cells if "solution" in _tags(c)]
+    solved = [int(k) for c in sol if c.cell_type == "markdown" for k in re.findall(r"\*\*Solution (\d+)\.\*\*", c.source)]
+    assert solved == exercises, (solved, exercises)
+    assert any(c.cell_type == "code" and "assert" in c.source for c in sol), "solutions assert what they claim"
+    first, last = nb.cells.index(sol[0]), nb.cells.index(sol[-1])
+    assert all("solution" in _tags(c) for c in nb.cells[first:last + 1]), "the solution cells form one block"
+    assert "solution" not in _tags(nb.cells[-1]), "the results cell comes after the solutions"
+
+
+def test_student_copies_have_no_solution_and_keep_every_other_cell(tmp_path):
+    """`make student` (python -m dpmsched student --out DIR notebooks...): no solution cell is left, every other
+    cell is kept unchanged and in order, and the copies are valid notebooks."""
+    import subprocess
+    import sys
+
+    root = NB_DIR.parent
+    assert "-m dpmsched student --out $(STUDENT_DIR) $(NOTEBOOKS)" in (root / "Makefile").read_text()
+    out = tmp_path / "student"
+    r = subprocess.run([sys.executable, "-m", "dpmsched", "student", "--out", str(out), *map(str, NOTEBOOKS)],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for path in NOTEBOOKS:
+        full, student = nbformat.read(path, as_version=4), nbformat.read(out / path.name, as_version=4)
+        nbformat.validate(student)
+        assert not any("solution" in _tags(c) for c in student.cells)
+        kept = [c for c in full.cells if "solution" not in _tags(c)]
+        assert [(c.cell_type, c.source, c.metadata) for c in student.cells] == \
+               [(c.cell_type, c.source, c.metadata) for c in kept]
+        assert len(student.cells) < len(full.cells)
+
+
+@pytest.mark.slow
+def test_a_student_copy_runs(tmp_path):
+    """Removing the solutions leaves a notebook that runs (notebook 01, small parameters)."""
+    from dpmsched.batch import student_notebook
+
+    path = NB_DIR / "01_theorem.ipynb"
+    copy = tmp_path / path.name
+    assert student_notebook(path, copy) > 0
+    params, key = SMALL[path.name]
+    res = run_notebook(copy, tmp_path / "out.ipynb", params, results_json=tmp_path / "r.json", cwd=NB_DIR)
+    assert res["error"] is None, res["error"]
+    assert key in res["results"]

@@ -16,6 +16,7 @@ __all__ = ["COMMANDS", "USER_ERRORS", "main"]
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("notebooks", "demo", "run every notebook with papermill into runs/ and print a summary"),
     "strip": ("notebooks", "strip", "store notebooks without outputs (--refresh: re-run checked cells)"),
+    "student": ("notebooks", "student", "copies of the notebooks without the worked solutions, for a class (runs/student/)"),
     "sweep": ("sweep", "sweep", "run a notebook over a parameter grid (YAML) in a process pool or on a Dask cluster"),
     "report": ("sweep", "report", "collect sweep results under runs/ into a markdown table and figures"),
     "optimize": ("optimize", "main", "optimize a schedule for a model and solver; writes JSON"),

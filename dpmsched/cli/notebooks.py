@@ -1,13 +1,14 @@
-"""``python -m dpmsched demo`` (run the notebook series) and ``strip`` (store notebooks without outputs)."""
+"""``python -m dpmsched demo`` (run the notebook series), ``strip`` (store notebooks without outputs) and
+``student`` (copies without the worked solutions, for a class)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..batch import run_all, strip_notebook, summary_table
+from ..batch import SOLUTION_TAG, run_all, strip_notebook, student_notebook, summary_table
 from ..files import atomic_write_text
 from .common import ArgumentParser
 
-__all__ = ["demo", "strip"]
+__all__ = ["demo", "strip", "student"]
 
 
 def strip(argv: list[str]) -> int:
@@ -41,3 +42,24 @@ def demo(argv: list[str]) -> int:
         if r["error"]:
             print(f"\n{r['notebook']} failed:\n{r['error']}")
     return 1 if any(r["error"] for r in rows) else 0
+
+
+def student(argv: list[str]) -> int:
+    """``python -m dpmsched student [--out runs/student] [notebooks...]``: copies of the notebooks without the
+    cells tagged "solution" (the worked solutions), to hand out to a class."""
+    p = ArgumentParser(prog="python -m dpmsched student", description=student.__doc__)
+    p.add_argument("notebooks", nargs="*", help="default: notebooks/[0-9]*.ipynb")
+    p.add_argument("--out", default="runs/student", help="output folder (default: runs/student)")
+    a = p.parse_args(argv)
+    nbs = [Path(n) for n in a.notebooks] or sorted(Path("notebooks").glob("[0-9]*.ipynb"))
+    if not nbs:
+        raise FileNotFoundError("no notebooks given and none found in notebooks/")
+    for nb in nbs:
+        if not nb.is_file():
+            raise FileNotFoundError(f"no such notebook: {nb}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for nb in nbs:
+        n = student_notebook(nb, out / nb.name)
+        print(f"{out / nb.name}: {n} {SOLUTION_TAG} cell{'' if n == 1 else 's'} removed")
+    return 0
