@@ -34,7 +34,7 @@ test-py: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q -n $(PYTEST_WORKERS)
 
 test-nb: $(STAMP)
-	$(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks
+	DPMSCHED_HEADLESS=1 $(PY) -m pytest -q --nbval-lax --nbval-current-env notebooks
 
 ## make lab: open JupyterLab on the notebooks (as root — containers, CI machines — Jupyter refuses to start
 ## without --allow-root; it is added then, with a warning: prefer running it as an ordinary user)

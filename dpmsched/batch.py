@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 from .files import atomic_write_text
+from .widgets import HEADLESS_ENV
 
 __all__ = ["check_parameters", "save_results", "run_notebook", "run_all", "summary_table", "last_line", "md_cell",
            "strip_notebook", "student_notebook", "SOLUTION_TAG", "DEFAULT_CELL_TIMEOUT"]
@@ -111,12 +113,19 @@ def run_notebook(path, out_path, parameters: dict | None = None, results_json=No
         params["results_json"] = str(Path(results_json).resolve())
     t0 = time.perf_counter()
     error = None
+    previous = os.environ.get(HEADLESS_ENV)
+    os.environ[HEADLESS_ENV] = "1"                # the kernel inherits it: no widgets in unattended runs
     try:
         pm.execute_notebook(str(path), str(out_path), parameters=params, cwd=str(cwd or path.parent),
                             progress_bar=progress_bar, kernel_name="python3",
                             execution_timeout=None if cell_timeout is None else math.ceil(cell_timeout))
     except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
         error = f"{type(e).__name__}: {e}"
+    finally:
+        if previous is None:
+            os.environ.pop(HEADLESS_ENV, None)
+        else:
+            os.environ[HEADLESS_ENV] = previous
     seconds = time.perf_counter() - t0
     results = {}
     if results_json is not None and Path(results_json).exists() and error is None:

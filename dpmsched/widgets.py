@@ -1,11 +1,22 @@
-"""ipywidgets controls used by the notebooks."""
+"""ipywidgets controls used by the notebooks.
+
+In unattended runs (papermill through :func:`dpmsched.batch.run_notebook`, sweeps, ``make test-nb``) the
+environment variable ``DPMSCHED_HEADLESS=1`` is set and no widget is built: with no frontend there is nothing to
+interact with, and nbclient can block forever on a cell that creates widgets (jupyter/nbclient#312, seen here
+under load: kernel and client both idle).  In JupyterLab the variable is unset and the widget appears.
+"""
 from __future__ import annotations
+
+import os
 
 from . import schedules as S
 from .plots import weight_bars
 from .theory import gaussian_bound, gaussian_optimal_schedule
 
-__all__ = ["schedule_explorer", "FAMILIES"]
+__all__ = ["schedule_explorer", "FAMILIES", "HEADLESS_ENV"]
+
+#: set (to anything non-empty) by unattended runs: widgets are not built there (module doc)
+HEADLESS_ENV = "DPMSCHED_HEADLESS"
 
 FAMILIES = ("karras", "uniform-logsnr", "uniform-t", "quadratic-t", "cosine", "bound-optimal")
 
@@ -20,8 +31,13 @@ def _build(family: str, steps: int, rho: float, c: float, sigma_min: float, sigm
 def schedule_explorer(steps: int = 5, family: str = "karras", rho: float = 7.0, c: float = 0.5,
                       sigma_min: float = 0.002, sigma_max: float = 80.0):
     """Sliders for (steps, schedule family, ρ) that redraw the convex-weight bars and print the
-    closed-form bound L_disc (3.1) on 1-D Gaussian data N(0, c²).  Returns the widget box.
+    closed-form bound L_disc (3.1) on 1-D Gaussian data N(0, c²).  Returns the widget box, or None in a
+    headless run (``DPMSCHED_HEADLESS`` set), where it prints the bound of the initial setting instead.
     """
+    if os.environ.get(HEADLESS_ENV):
+        s = _build(family, steps, rho, c, sigma_min, sigma_max)
+        print(f"(headless run: no widget) {family}, {steps} steps: bound L_disc = {gaussian_bound(s.sigmas, c):.4f}")
+        return None
     import ipywidgets as W
     import matplotlib.pyplot as plt
 

@@ -363,3 +363,18 @@ def test_corrupt_checkpoint_fails_with_the_checkpoint_error(tmp_path, tiny_nb):
     res = run_notebook(tiny_nb, tmp_path / "out.ipynb", {"model": str(bad)}, results_json=tmp_path / "r.json")
     assert res["error"] and "ValueError: checksum mismatch" in res["error"], res["error"]
     assert "corrupt or replaced file" in res["error"] and res["results"] == {}
+
+
+def test_unattended_runs_build_no_widget(tmp_path, monkeypatch):
+    """Notebook runs set DPMSCHED_HEADLESS for the kernel (and restore the caller's environment): the widget cell
+    of notebook 01 prints its bound instead of building widgets, which nbclient can hang on (nbclient#312)."""
+    from dpmsched.widgets import HEADLESS_ENV, schedule_explorer
+
+    monkeypatch.setenv(HEADLESS_ENV, "1")
+    assert schedule_explorer(steps=4) is None
+    monkeypatch.delenv(HEADLESS_ENV)
+    assert schedule_explorer(steps=4) is not None                 # interactive: the widget box
+    run_notebook(ROOT / "notebooks" / "01_theorem.ipynb", tmp_path / "o.ipynb", {"steps": 3, "n_samples": 16},
+                 cell_timeout=300)
+    assert HEADLESS_ENV not in os.environ
+    assert "(headless run: no widget)" in (tmp_path / "o.ipynb").read_text()
