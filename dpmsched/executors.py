@@ -130,6 +130,13 @@ class DaskPool:
         self.workers, self.scheduler = workers, scheduler
         self.cluster = self.client = None
         self.futures = []
+        if scheduler:       # connect now: a wrong address fails before any output folder is made
+            from distributed import Client
+
+            try:
+                self.client = Client(scheduler, timeout=CONNECT_TIMEOUT)
+            except (OSError, TimeoutError, ValueError) as e:
+                raise ValueError(f"--scheduler {scheduler}: no Dask scheduler answered ({type(e).__name__}: {e})") from None
 
     def where(self) -> str:
         if self.scheduler:
@@ -139,13 +146,7 @@ class DaskPool:
     def start(self, n_tasks: int, log) -> None:
         from distributed import Client, LocalCluster
 
-        if self.scheduler:
-            try:
-                self.client = Client(self.scheduler, timeout=CONNECT_TIMEOUT)
-            except (OSError, TimeoutError, ValueError) as e:
-                raise ValueError(f"--scheduler {self.scheduler}: no Dask scheduler answered "
-                                 f"({type(e).__name__}: {e})") from None
-        else:
+        if not self.scheduler:
             # processes: one papermill run per worker process, as in the local pool; nothing listens
             # beyond this machine
             self.cluster = LocalCluster(n_workers=min(self.workers, n_tasks), threads_per_worker=1, processes=True,

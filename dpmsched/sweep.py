@@ -235,21 +235,22 @@ def run_sweep(notebook, runs: list[dict], out="runs", workers: int = 2, figures:
     """
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
-    pool = make_executor(executor, workers, scheduler)     # a missing extra fails here, before any output
-    notebook = Path(notebook).resolve()
+    hashes = [params_hash(p) for p in runs]
+    if len(set(hashes)) != len(hashes):
+        raise ValueError("the grid lists the same parameters more than once")
+    pool = make_executor(executor, workers, scheduler)     # a missing extra or a wrong scheduler fails here,
+    notebook = Path(notebook).resolve()                    # before any output
     out_dir = Path(out).resolve() / notebook.stem
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in clean_stale_temporaries(out_dir):        # half-written files of a sweep that was killed
         log(f"removed {stale.name}, left by an interrupted write")
-    hashes = [params_hash(p) for p in runs]
-    if len(set(hashes)) != len(hashes):
-        raise ValueError("the grid lists the same parameters more than once")
     todo = [p for p, h in zip(runs, hashes) if not is_finished(out_dir / f"{h}.json", p)]
     skipped = [h for p, h in zip(runs, hashes) if p not in todo]
     log(f"{notebook.name}: {len(runs)} runs, {len(skipped)} already finished, {len(todo)} to run "
         f"{pool.where()} into {out_dir}")
     ran, failed = [], []
     if not todo:
+        pool.close()
         return {"ran": ran, "skipped": skipped, "failed": failed}
     old = signal.signal(signal.SIGTERM, _raise_terminated) if threading.current_thread() is threading.main_thread() else None
     bar = _progress(len(todo), progress)

@@ -182,9 +182,17 @@ def test_sigterm_cancels_leaves_nothing_half_written_and_the_rerun_skips_what_fi
 
 @needs_dask
 @pytest.mark.slow
-def test_a_worker_that_cannot_write_in_out_stops_the_sweep_before_submitting(tmp_path):
+def test_a_worker_that_cannot_write_in_out_stops_the_sweep_before_submitting(tmp_path, tiny_nb, monkeypatch, capsys):
     """The start-up probe, against a scheduler given by address: a folder the worker cannot write in is one
-    ValueError naming the worker, the folder and the shared-filesystem assumption."""
+    ValueError naming the worker, the folder and the shared-filesystem assumption.  A scheduler that does not
+    answer is one line, and no output folder."""
+    monkeypatch.setattr("dpmsched.executors.CONNECT_TIMEOUT", 1)
+    grid = write_grid(tmp_path / "g.yaml", tiny_nb, {"x": [1]})
+    assert main(["sweep", str(grid), "--executor", "dask", "--scheduler", "tcp://127.0.0.1:1",
+                 "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dpmsched sweep: error: --scheduler tcp://127.0.0.1:1: no Dask scheduler answered"), err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "runs").exists()
     from distributed import LocalCluster
 
     from dpmsched.executors import DaskPool, probe_folder
