@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # two pytest workers on a 2-core machine, one torch thread each
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test lint test-py test-nb lab strip student bench clean sweep test-ui
+.PHONY: setup demo test lint test-py test-nb lab strip student book test-book bench clean sweep test-ui
 
 setup: $(STAMP)
 
@@ -74,6 +74,20 @@ sweep: $(STAMP)
 test-ui: $(STAMP)
 	@$(PY) -c "import playwright" 2>/dev/null || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pip install --quiet -e ".[ui]"
 	DPMSCHED_UI=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests/ui -q
+
+## make book: the course as a static HTML site that works offline, in runs/book/html (open index.html): README,
+## docs/teaching.md, docs/math.md and every notebook executed with its CPU defaults (Sphinx + MyST-NB, about 5 min;
+## installs the [book] extra; docs/teaching.md says why this tool)
+book: $(STAMP)
+	@$(PY) -c "import myst_nb, furo, jupyter_server_mathjax" 2>/dev/null || $(PY) -m pip install --quiet -e ".[book]"
+	OMP_NUM_THREADS=1 $(PY) docs/book/build.py --out runs/book
+
+## make test-book: opt-in real-browser test of the built book (every page in Debian chromium via Playwright: math
+## typeset, figures loaded, nothing fetched from outside 127.0.0.1); needs apt-get install -y chromium; screenshots
+## in runs/ui/book/
+test-book: book
+	@$(PY) -c "import playwright" 2>/dev/null || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pip install --quiet -e ".[ui]"
+	DPMSCHED_UI=1 $(PY) -m pytest tests/ui/test_book.py -q
 
 clean:
 	rm -rf runs .pytest_cache
