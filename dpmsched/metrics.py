@@ -9,16 +9,21 @@
 * :func:`frechet_digits` — the tutorial's FID: Fréchet distance in the penultimate features of the shipped
   ``digits-classifier``, plus the predicted class histograms; :func:`frechet_digits_floor` is its floor
   FD(train split, test split) — two finite samples of the *same* distribution.
+* :func:`frechet_mnist` — the same on 28×28 MNIST in the features of ``mnist-classifier``, with the class
+  accuracy of conditional samples; :func:`frechet_mnist_floor` its floor.
 """
 from __future__ import annotations
 
 import torch
 
 from .checkpoints import load_model
-from .data import digits
+from .data import digits, mnist
 
 __all__ = ["truncation_error", "gap_closure", "sliced_wasserstein", "gmm_nll", "frechet_distance", "frechet_digits",
-           "frechet_digits_floor", "digits_features"]
+           "frechet_digits_floor", "digits_features", "frechet_mnist", "frechet_mnist_floor", "image_features"]
+
+#: image data sets of the Fréchet metrics: loader of a split name, image side
+IMAGE_DATA = {"digits": (digits, 8), "mnist": (mnist, 28)}
 
 
 def _flat(x) -> torch.Tensor:
@@ -137,30 +142,31 @@ def _classifier(classifier):
     return _CLASSIFIER[classifier]
 
 
-def _digits_images(x, what: str) -> torch.Tensor:
-    """Images (M, 1, 8, 8) from a tensor/array or a digits split name ("train", "test", "all")."""
+def _images(x, what: str, data: str) -> torch.Tensor:
+    """Images (M, 1, S, S) of ``data`` (S = 8 digits, 28 MNIST) from a tensor/array or a split name."""
+    load, side = IMAGE_DATA[data]
     if isinstance(x, str):
-        return digits(x)
+        return load(x)
     x = torch.as_tensor(x)
     if x.ndim == 3:
         x = x[:, None]
-    if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
-        raise ValueError(f"{what}: expected digits images of shape (M, 1, 8, 8) in [-1, 1] or a split name, "
-                         f"got shape {tuple(x.shape)}")
+    if x.ndim != 4 or tuple(x.shape[1:]) != (1, side, side):
+        raise ValueError(f"{what}: expected {data} images of shape (M, 1, {side}, {side}) in [-1, 1] or a split "
+                         f"name, got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{what} contain NaN/Inf")
     return x
 
 
-def digits_features(images, classifier="digits-classifier", clamp: bool = True, batch: int = 1024):
-    """Penultimate features (M, P) float64 and predicted labels (M,) of digits images.
+def image_features(images, classifier, data: str = "digits", clamp: bool = True, batch: int = 1024):
+    """Penultimate features (M, P) float64 and predicted labels (M,) of ``data`` images (digits | mnist).
 
-    ``images``: (M, 1, 8, 8) (or (M, 8, 8)) in the data scale [−1, 1], or a split name.  With ``clamp``
+    ``images``: (M, 1, S, S) (or (M, S, S)) in the data scale [−1, 1], or a split name.  With ``clamp``
     the images are clipped to [−1, 1] first (as an image file would be: sampler outputs overshoot a
     little).
     """
     clf = _classifier(classifier)
-    x = _digits_images(images, "images")
+    x = _images(images, "images", data)
     if clamp:
         x = x.clamp(-1.0, 1.0)
     feats, labels = [], []
@@ -177,24 +183,48 @@ def digits_features(images, classifier="digits-classifier", clamp: bool = True, 
     return torch.cat(feats), torch.cat(labels)
 
 
-def frechet_digits(samples, reference="test", classifier="digits-classifier", clamp: bool = True) -> dict:
-    """Fréchet distance of digits ``samples`` to ``reference`` in the classifier's penultimate features.
+def digits_features(images, classifier="digits-classifier", clamp: bool = True, batch: int = 1024):
+    """:func:`image_features` of 8×8 digits images in ``digits-classifier``'s features."""
+    return image_features(images, classifier, "digits", clamp, batch)
 
-    ``samples``: (M, 1, 8, 8) in [−1, 1] (clipped to it when ``clamp``); ``reference``: images or a
-    digits split name (default the test split, 360 images).  Returns ``{"fd": float, "class_hist":
-    (10,) float64 fractions of predicted classes of the samples, "class_hist_reference": the same for
-    the reference, "n": M, "n_reference": M'}``.  Compare ``fd`` with :func:`frechet_digits_floor` at a
-    similar M: FD is biased upwards for small sample sets.
-    """
-    fa, la = digits_features(samples, classifier, clamp)
-    fb, lb = digits_features(reference, classifier, clamp)
+
+def _frechet(samples, reference, classifier, data: str, clamp: bool) -> dict:
+    fa, la = image_features(samples, classifier, data, clamp)
+    fb, lb = image_features(reference, classifier, data, clamp)
     k = int(_classifier(classifier).head.out_features)
 
     def hist(lab):
         return torch.bincount(lab, minlength=k).double() / len(lab)
 
     return {"fd": frechet_distance(fa, fb), "class_hist": hist(la), "class_hist_reference": hist(lb),
-            "n": int(len(fa)), "n_reference": int(len(fb))}
+            "n": int(len(fa)), "n_reference": int(len(fb)), "predicted": la}
+
+
+def frechet_digits(samples, reference="test", classifier="digits-classifier", clamp: bool = True) -> dict:
+    """Fréchet distance of digits ``samples`` to ``reference`` in the classifier's penultimate features.
+
+    ``samples``: (M, 1, 8, 8) in [−1, 1] (clipped to it when ``clamp``); ``reference``: images or a
+    digits split name (default the test split, 360 images).  Returns ``{"fd": float, "class_hist":
+    (10,) float64 fractions of predicted classes of the samples, "class_hist_reference": the same for
+    the reference, "n": M, "n_reference": M', "predicted": (M,) predicted classes}``.  Compare ``fd`` with
+    :func:`frechet_digits_floor` at a similar M: FD is biased upwards for small sample sets.
+    """
+    return _frechet(samples, reference, classifier, "digits", clamp)
+
+
+def frechet_mnist(samples, reference="test", classifier="mnist-classifier", clamp: bool = True,
+                  labels=None) -> dict:
+    """Fréchet-MNIST: :func:`frechet_digits` for 28×28 MNIST samples (M, 1, 28, 28) in ``mnist-classifier``'s
+    penultimate features; ``reference`` images or an MNIST split name (default the test split, 1,000 images).
+
+    ``labels`` (M,) — the classes the samples were conditioned on: adds ``"class_accuracy"``, the fraction the
+    classifier assigns to the requested class (a check of conditional / guided sampling).
+    """
+    out = _frechet(samples, reference, classifier, "mnist", clamp)
+    if labels is not None:
+        lab = torch.as_tensor(labels, dtype=torch.long).reshape(-1).expand(out["n"])
+        out["class_accuracy"] = float((out["predicted"] == lab).double().mean())
+    return out
 
 
 def frechet_digits_floor(classifier="digits-classifier") -> float:
@@ -204,3 +234,8 @@ def frechet_digits_floor(classifier="digits-classifier") -> float:
     about 1,437 samples against the test split) is as good as this metric can tell.
     """
     return frechet_digits("train", "test", classifier)["fd"]
+
+
+def frechet_mnist_floor(classifier="mnist-classifier") -> float:
+    """The floor of :func:`frechet_mnist`: FD(train split (4,000), test split (1,000)) of the MNIST sample."""
+    return frechet_mnist("train", "test", classifier)["fd"]

@@ -6,7 +6,10 @@
   effective target of F unit-variance).
 * ``kind: ddpm`` — discrete DDPM (Ho et al. 2020), T = 1000 linear β: n ~ U{0..T−1},
   ``x_n = √ᾱ_n x0 + √(1−ᾱ_n) ε``, loss ``‖ε̂(x_n, n) − ε‖²``.
-* ``kind: classifier`` — cross-entropy on the digits train split; test accuracy recorded.
+* ``kind: classifier`` — cross-entropy on the train split (digits or MNIST); test accuracy recorded.
+* Class-conditional EDM (``arch.num_classes > 0``, MNIST): each training label is replaced by the null label ∅
+  with probability ``label_dropout`` (Ho & Salimans 2021), so that one network gives the conditional, the
+  unconditional and the guided denoiser (:mod:`dpmsched.denoisers.guidance`).
 
 All randomness (batches, σ, n, ε, dropout) flows from one ``torch.Generator`` seeded by ``seed``
 (dropout uses the global RNG, seeded from it).  Every ``ckpt_every`` steps the full training state —
@@ -30,7 +33,7 @@ import torch
 from safetensors import safe_open
 
 from .checkpoints import save_model
-from .data import digits
+from .data import digits, mnist
 from .denoisers.nets import EDMDenoiser, build_net
 from .denoisers.vp import VPDenoiser
 from .files import atomic_write_bytes, clean_stale_temporaries, read_yaml, tensors_from_file, tensors_to_bytes
@@ -48,7 +51,7 @@ STATE_FILE = "state.safetensors"
 DEFAULTS: dict = {
     "name": None,              # model name (the folder name under data/)
     "kind": "edm",             # edm | ddpm | classifier
-    "data": "digits",          # digits | toy2d-ring | toy2d-grid
+    "data": "digits",          # digits | mnist | toy2d-ring | toy2d-grid
     "arch": {"type": "unet"},  # nets.build_net config
     "steps": 1000,             # optimizer steps
     "batch": 64,               # batch size
@@ -57,6 +60,8 @@ DEFAULTS: dict = {
     "ema": 0.999,              # EMA decay per step (warm-up: min(ema, (1+t)/(10+t)))
     "seed": 0,                 # the one seed of the run
     "ckpt_every": 250,         # steps between training-state checkpoints
+    "label_dropout": 0.0,      # class-conditional EDM: probability of training on the null label instead of y
+    "channels_last": False,    # train a conv net in channels-last memory format (~30 % faster on CPU; same math)
     "P_mean": -1.2,            # EDM: mean of ln σ
     "P_std": 1.2,              # EDM: std of ln σ
     "sigma_data": None,        # EDM: σ_d; None = std of the training data
@@ -84,6 +89,8 @@ def load_config(path_or_dict) -> dict:
     if unknown:
         raise ValueError(f"unknown training config key(s) {unknown}; expected some of {sorted(DEFAULTS)}")
     cfg = {**DEFAULTS, **user}
+    if not (isinstance(cfg["label_dropout"], (int, float)) and 0 <= cfg["label_dropout"] < 1):
+        raise ValueError(f"label_dropout must be a probability in [0, 1), got {cfg['label_dropout']!r}")
     if not cfg["name"]:
         raise ValueError("training config needs a 'name'")
     if cfg["kind"] not in KINDS:
@@ -100,8 +107,8 @@ def load_config(path_or_dict) -> dict:
 # -- data and model -----------------------------------------------------------------------------
 def make_data(name: str, split: str = "train"):
     """``(sample(n, generator) -> (x0, labels|None), event_shape, std)`` for a data-set name."""
-    if name == "digits":
-        x, y = digits(split, labels=True)
+    if name in ("digits", "mnist"):
+        x, y = (digits if name == "digits" else mnist)(split, labels=True)
 
         def sample(n, g):
             i = torch.randint(len(x), (n,), generator=g)
@@ -113,7 +120,7 @@ def make_data(name: str, split: str = "train"):
             raise ValueError(f"unknown toy data {name!r}; expected one of {[k for k in EXACT_MODELS if 'toy2d' in k]}")
         mix = exact_model(name)
         return (lambda n, g: (mix.sample(n, g, dtype=torch.float32), None)), tuple(mix.event_shape), mix.std
-    raise ValueError(f"unknown data {name!r}; expected 'digits' or a toy2d-* mixture")
+    raise ValueError(f"unknown data {name!r}; expected 'digits', 'mnist' or a toy2d-* mixture")
 
 
 def make_model(cfg: dict, event_shape, data_std: float):
@@ -129,15 +136,23 @@ def make_model(cfg: dict, event_shape, data_std: float):
 
 
 # -- losses -------------------------------------------------------------------------------------
-def edm_loss(den, x0: torch.Tensor, g: torch.Generator, P_mean: float = -1.2, P_std: float = 1.2) -> torch.Tensor:
-    """EDM loss, mean over the batch of λ(σ)‖D(x0+σε; σ) − x0‖²/d, ln σ ~ N(P_mean, P_std²)."""
+def edm_loss(den, x0: torch.Tensor, g: torch.Generator, P_mean: float = -1.2, P_std: float = 1.2,
+             labels: torch.Tensor | None = None, label_dropout: float = 0.0) -> torch.Tensor:
+    """EDM loss, mean over the batch of λ(σ)‖D(x0+σε; σ[, y]) − x0‖²/d, ln σ ~ N(P_mean, P_std²).
+
+    ``labels`` (B,) long: class-conditional training; each label is replaced by the net's null label with
+    probability ``label_dropout`` (classifier-free guidance training)."""
     b = x0.shape[0]
     sigma = torch.exp(P_mean + P_std * torch.randn(b, generator=g, dtype=x0.dtype))
     eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
     s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
     sd = den.sigma_data
     weight = (s**2 + sd**2) / (s * sd) ** 2
-    return (weight * (den(x0 + s * eps, sigma) - x0) ** 2).mean()
+    kw = {}
+    if labels is not None:
+        drop = torch.rand(b, generator=g) < label_dropout
+        kw["labels"] = torch.where(drop.to(labels.device), den.net.null_label(), labels)
+    return (weight * (den(x0 + s * eps, sigma, **kw) - x0) ** 2).mean()
 
 
 def ddpm_loss(vp, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -153,15 +168,16 @@ def ddpm_loss(vp, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def training_loss(cfg, model, x0, y, g):
     """The loss of ``cfg["kind"]`` on one batch: EDM, DDPM (ε) or cross-entropy (classifier)."""
     if cfg["kind"] == "edm":
-        return edm_loss(model, x0, g, cfg["P_mean"], cfg["P_std"])
+        conditional = getattr(model.net, "num_classes", 0) > 0
+        return edm_loss(model, x0, g, cfg["P_mean"], cfg["P_std"], y if conditional else None, cfg["label_dropout"])
     if cfg["kind"] == "ddpm":
         return ddpm_loss(model, x0, g)
     return torch.nn.functional.cross_entropy(model(x0), y)
 
 
-def classifier_accuracy(net, split: str = "test") -> float:
-    """Accuracy of a digits classifier on a split."""
-    x, y = digits(split, labels=True)
+def classifier_accuracy(net, split: str = "test", data: str = "digits") -> float:
+    """Accuracy of a classifier on a split of ``data`` (digits | mnist)."""
+    x, y = (digits if data == "digits" else mnist)(split, labels=True)
     with torch.no_grad():
         return float((net.eval()(x).argmax(1) == y).double().mean())
 
@@ -250,6 +266,8 @@ def train(config, *, resume: bool = True, progress: bool = True, stop_after: int
     model = make_model(cfg, event_shape, data_std)
     net = model if cfg["kind"] == "classifier" else (model.net if cfg["kind"] == "edm" else model.model)
     net.to(cfg["device"])
+    fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
+    net.to(memory_format=fmt)
     opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
     ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     state_dir = Path(cfg["state_dir"])
@@ -264,7 +282,8 @@ def train(config, *, resume: bool = True, progress: bool = True, stop_after: int
         for group in opt.param_groups:
             group["lr"] = cfg["lr"] * min(1.0, (step + 1) / max(1, cfg["warmup"]))
         x0, y = sample(cfg["batch"], g)
-        loss = training_loss(cfg, model, x0.to(cfg["device"]), None if y is None else y.to(cfg["device"]), g)
+        x0 = x0.to(cfg["device"]).contiguous(memory_format=fmt) if x0.ndim == 4 else x0.to(cfg["device"])
+        loss = training_loss(cfg, model, x0, None if y is None else y.to(cfg["device"]), g)
         lval = float(loss.detach())
         if not math.isfinite(lval):
             raise FloatingPointError(f"training loss became {lval} at step {step}")
@@ -290,13 +309,15 @@ def train(config, *, resume: bool = True, progress: bool = True, stop_after: int
     out = {"step": step, "losses": losses, "wall_s": wall, "out": None}
     if step >= cfg["steps"]:
         net.load_state_dict(ema)
-        net.eval()
+        net.to(memory_format=torch.contiguous_format).eval()
         training = {k: cfg[k] for k in ("steps", "batch", "lr", "warmup", "ema", "seed", "P_mean", "P_std")}
+        if cfg["label_dropout"]:
+            training["label_dropout"] = cfg["label_dropout"]
         training.update(wall_s=round(wall, 1), final_loss_avg100=sum(losses[-100:]) / len(losses[-100:]),
                         torch=torch.__version__, threads=torch.get_num_threads(), device=cfg["device"],
                         params=sum(p.numel() for p in net.parameters()))
         if cfg["kind"] == "classifier":
-            out["test_accuracy"] = training["test_accuracy"] = classifier_accuracy(net)
+            out["test_accuracy"] = training["test_accuracy"] = classifier_accuracy(net, data=cfg["data"])
         save_model(model, cfg["out"], kind=cfg["kind"], dataset=cfg["data"], training=training)
         out["out"] = cfg["out"]
     return out

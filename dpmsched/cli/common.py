@@ -15,7 +15,8 @@ from ..schedules import BASELINES, Schedule
 from ..schedules import get as get_baseline
 
 __all__ = ["ArgumentParser", "parse_opt", "parse_opts", "schedule_for", "save_samples", "SAMPLE_SUFFIXES", "positive_int",
-           "nonnegative_int", "positive_float", "nonnegative_float", "device"]
+           "nonnegative_int", "positive_float", "nonnegative_float", "device", "add_guidance_arguments",
+           "apply_guidance", "class_list"]
 
 SAMPLE_SUFFIXES = (".safetensors", ".npz", ".npy")
 
@@ -83,6 +84,39 @@ def device(text: str) -> str:
     if text == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return text
+
+
+def class_list(text: str) -> list[int]:
+    """argparse type of ``--labels``: one class ``3`` or a comma list ``0,1,2`` of integers >= 0."""
+    try:
+        out = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a class or a comma list of classes such as 0,1,2, got {text!r}") \
+            from None
+    if any(v < 0 for v in out):
+        raise argparse.ArgumentTypeError(f"classes are integers >= 0, got {text!r}")
+    return out
+
+
+def add_guidance_arguments(p: argparse.ArgumentParser) -> None:
+    """``--labels`` and ``--guidance`` (classifier-free guidance of a class-conditional model)."""
+    p.add_argument("--labels", type=class_list, default=None, metavar="K[,K...]",
+                   help="class-conditional model: the class of every sample, or a comma list that sample i of each "
+                        "batch takes in turn (i mod K); alone it samples the conditional model (w = 1)")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="classifier-free guidance weight w: D_w = D(x, ∅) + w (D(x, y) − D(x, ∅)); needs --labels "
+                        "(w = 0: unconditional, 1: conditional; other w cost two network passes per evaluation)")
+
+
+def apply_guidance(model, a: argparse.Namespace):
+    """``model`` guided by ``--labels``/``--guidance`` (:func:`dpmsched.denoisers.guidance.guided`), or as is."""
+    from ..denoisers.guidance import guided
+
+    if a.labels is None:
+        if a.guidance is not None:
+            raise ValueError("--guidance needs --labels (the classes to guide towards)")
+        return model
+    return guided(model, a.labels, 1.0 if a.guidance is None else a.guidance, cycle=True)
 
 
 def schedule_for(model, schedule: str, steps: int | None) -> Schedule:

@@ -10,7 +10,7 @@ from ..models import load
 from ..optimize import METHODS, SLOW_METHODS, optimize
 from ..optimize.teacher import endpoint_error, reference_endpoints
 from ..schedules import Schedule
-from .common import ArgumentParser, parse_opts, positive_int
+from .common import ArgumentParser, add_guidance_arguments, apply_guidance, parse_opts, positive_int
 
 __all__ = ["main", "MAX_STEPS", "heldout_comparison"]
 
@@ -32,7 +32,8 @@ def heldout_comparison(model, sched, solver: str, used_seeds, n: int = 256) -> s
 
 
 def main(argv: list[str]) -> int:
-    """``python -m dpmsched optimize --model NAME --method M --steps N [--solver S] [--opt k=v] [--out FILE.json]``"""
+    """``python -m dpmsched optimize --model NAME --method M --steps N [--solver S] [--opt k=v] [--out FILE.json]
+    [--labels 0,1,... [--guidance W]]`` (a guided model's schedule: the guided denoiser is what the solver integrates)"""
     p = ArgumentParser(prog="python -m dpmsched optimize", description=main.__doc__)
     p.add_argument("--model", required=True, help="model name or checkpoint folder")
     p.add_argument("--method", required=True, choices=sorted(METHODS), metavar="METHOD",
@@ -42,6 +43,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="method option (JSON value), repeatable")
     p.add_argument("--out", default="", help="write the schedule JSON here (default: print it)")
+    add_guidance_arguments(p)
     p.add_argument("--yes", action="store_true", help=f"allow more than {MAX_STEPS} steps")
     a = p.parse_args(argv)
     if a.steps > MAX_STEPS and not a.yes:
@@ -50,7 +52,7 @@ def main(argv: list[str]) -> int:
     opts = parse_opts(a.opt)
     if a.method in SLOW_METHODS:
         opts.setdefault("progress", True)              # a progress bar for the slow optimizers
-    model = load(a.model)
+    model = apply_guidance(load(a.model), a)
     sched = optimize(model, a.method, a.steps, solver=a.solver, **opts)
     if a.method == "auto":
         print(heldout_comparison(model, sched, a.solver, {int(sched.meta["seed"]), int(sched.meta["val_seed"])}),

@@ -25,12 +25,14 @@ __all__ = ["guided", "Guided"]
 class Guided:
     """``D_w(x, σ; y)`` of a class-conditional denoiser ``model(x, sigma, labels=...)`` (module doc).
 
-    ``labels``: one class for every sample (an int) or one per sample (B,); ``w`` a finite number.  Attributes
+    ``labels``: one class for every sample (an int) or one per sample (B,); with ``cycle=True`` a list of K classes
+    that row i of every batch takes in turn (``labels[i mod K]``: any batch size works, as the optimizers, teachers
+    and Skip-Tuning evaluate batches of their own sizes); ``w`` a finite number.  Attributes
     ``event_shape``, ``sigma_min``, ``sigma_max``, ``name`` come from the model; ``calls_per_eval`` is the
     network passes per evaluation counted in batch units (1 or 2).
     """
 
-    def __init__(self, model, labels, w: float):
+    def __init__(self, model, labels, w: float, cycle: bool = False):
         if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)):
             raise ValueError(f"guidance weight w must be a finite number, got {w!r}")
         net = getattr(model, "net", model)
@@ -39,6 +41,9 @@ class Guided:
                              "(its network has no num_classes > 0); guidance needs a model trained with a null label")
         self.model, self.w, self.null = model, float(w), int(net.null_label())
         self.labels = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels, dtype=torch.long)
+        if self.labels.numel() == 0:
+            raise ValueError("guided: no labels given; pass one class, or one per sample")
+        self.cycle = bool(cycle)
         for a in ("event_shape", "sigma_min", "sigma_max"):
             if hasattr(model, a):
                 setattr(self, a, getattr(model, a))
@@ -49,6 +54,8 @@ class Guided:
         lab = self.labels.to(device=device, dtype=torch.long).reshape(-1)
         if lab.numel() == 1:
             return lab.expand(batch)
+        if self.cycle:
+            return lab.repeat(-(-batch // lab.numel()))[:batch]
         if lab.numel() != batch:
             raise ValueError(f"guided: {lab.numel()} labels for a batch of {batch} samples; pass one label, or one "
                              "per sample with a solver batch that holds them all")
@@ -68,6 +75,6 @@ class Guided:
         return uncond + self.w * (cond - uncond)
 
 
-def guided(model, labels, w: float) -> Guided:
+def guided(model, labels, w: float, cycle: bool = False) -> Guided:
     """The guided denoiser ``D_w(·; labels)`` of a class-conditional ``model`` (see :class:`Guided`)."""
-    return Guided(model, labels, w)
+    return Guided(model, labels, w, cycle)

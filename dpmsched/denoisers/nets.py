@@ -239,26 +239,32 @@ def level_skip_scales(net: UNet, per_level) -> list[float]:
 
 # -- digits classifier (feature space of the Fréchet distance) ----------------------------------
 class DigitsClassifier(nn.Module):
-    """Small CNN on 8×8 digits in [−1, 1]: two conv stages → ``feat_dim`` features → 10 logits.
+    """Small CNN on ``size``×``size`` digits in [−1, 1] (8: sklearn digits, 28: MNIST): two conv stages, each
+    halving the resolution → ``feat_dim`` features → ``n_classes`` logits.
 
-    ``features(x)`` (B, feat_dim) are the penultimate activations used by
-    :func:`dpmsched.metrics.frechet_digits`.
+    ``features(x)`` (B, feat_dim) are the penultimate activations used by the Fréchet distances of
+    :mod:`dpmsched.metrics` (Fréchet-digits, Fréchet-MNIST).
     """
 
-    def __init__(self, ch: int = 32, feat_dim: int = 64, n_classes: int = 10, dropout: float = 0.2):
+    def __init__(self, ch: int = 32, feat_dim: int = 64, n_classes: int = 10, dropout: float = 0.2, size: int = 8):
         super().__init__()
+        if size % 4:
+            raise ValueError(f"classifier size must be divisible by 4, got {size}")
+        self.size = int(size)
         self.config = {"type": "cnn", "ch": ch, "feat_dim": feat_dim, "n_classes": n_classes, "dropout": dropout}
+        if self.size != 8:                             # the shipped 8×8 config stays as it was
+            self.config["size"] = self.size
         self.body = nn.Sequential(
             nn.Conv2d(1, ch, 3, padding=1), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.SiLU(),
             nn.AvgPool2d(2),
             nn.Conv2d(ch, 2 * ch, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Flatten(), nn.Linear(2 * ch * 4, feat_dim), nn.SiLU())
+            nn.Flatten(), nn.Linear(2 * ch * (self.size // 4) ** 2, feat_dim), nn.SiLU())
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(feat_dim, n_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
-            raise ValueError(f"expected digits of shape (B, 1, 8, 8), got {tuple(x.shape)}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, self.size, self.size):
+            raise ValueError(f"expected images of shape (B, 1, {self.size}, {self.size}), got {tuple(x.shape)}")
         return self.body(x.to(next(self.parameters()).dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
