@@ -94,7 +94,7 @@ clean:
 
 ## make models: retrain every shipped checkpoint in data/ from scratch (CPU, one thread each; ~35 min un-contended, see README "Models")
 .PHONY: models
-SHIPPED_MODELS ?= digits-classifier toy2d-edm digits-edm digits-ddpm
+SHIPPED_MODELS ?= digits-classifier toy2d-edm digits-edm digits-ddpm mnist-classifier mnist-edm
 models: $(STAMP)
 	@set -e; for m in $(SHIPPED_MODELS); do \
 	  echo "== training $$m"; OMP_NUM_THREADS=1 $(PY) -m dpmsched train --no-resume --config data/configs/$$m.yaml; done

@@ -12,7 +12,11 @@ all measured in this run:
 * toy2d-edm: GMM NLL (nats per sample, ``metrics.gmm_nll``) of 10,000 samples under the true ring
   mixture, next to that of 10,000 true samples and of the exact denoiser's Heun-18 samples; and SW₂ to
   the true samples.
-* digits-classifier: test-split accuracy (target ≥ 0.97).
+* digits-classifier, mnist-classifier: test-split accuracy (target ≥ 0.97).
+* mnist-edm (class-conditional, CFG): Fréchet-MNIST (``metrics.frechet_mnist``) of 1,000 Heun-18 samples to the
+  MNIST test split (1,000 images), unguided (the null label: w = 0) and guided (w = 2, classes 0..9 in turn, so
+  the classes are balanced like the test split), next to the floor FD(train split (4,000), test split); the class
+  accuracy of the guided samples (mnist-classifier); a grid of samples in ``benchmarks/mnist_samples.png``.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_models.py`` (or ``make bench``).
 """
@@ -27,8 +31,10 @@ from dpmsched import Schedule, metrics, models, solvers
 from dpmsched.checkpoints import WEIGHTS, read_config, shipped_models
 from dpmsched.resources import data_dir
 
-MODELS = ("digits-edm", "digits-ddpm", "toy2d-edm", "digits-classifier")
-STEPS, N_DIGITS, N_TOY, SEED = 18, 1437, 10000, 0
+MODELS = ("digits-edm", "digits-ddpm", "toy2d-edm", "digits-classifier", "mnist-edm", "mnist-classifier")
+STEPS, N_DIGITS, N_TOY, N_MNIST, SEED = 18, 1437, 10000, 1000, 0
+#: guidance weights of the MNIST rows (0: the unconditional model through its null label) and the target
+MNIST_W, MNIST_TARGET = (0.0, 2.0), 1.5
 
 
 def heun18(model) -> Schedule:
@@ -64,6 +70,39 @@ def digits_quality(model, floor: float, emp_fd: float) -> dict:
             "out_of_range_frac": float(((x < -1) | (x > 1)).double().mean())}
 
 
+def mnist_quality(model, floor: float) -> list[dict]:
+    """Fréchet-MNIST of N_MNIST Heun-18 samples per guidance weight of MNIST_W (classes 0..9 in turn)."""
+    from dpmsched.denoisers.guidance import guided
+
+    out, grid = [], []
+    for w in MNIST_W:
+        labels = torch.arange(N_MNIST) % 10
+        x, secs, sched = timed_samples(guided(model, torch.arange(10), w, cycle=True), N_MNIST)
+        r = metrics.frechet_mnist(x, labels=labels)
+        out.append({"guidance": w, "solver": "heun", "nfe": solvers.nfe("heun", sched), "n_samples": N_MNIST,
+                    "network_passes_per_eval": 1 if w in (0.0, 1.0) else 2, "sample_s": round(secs, 2),
+                    "fd": r["fd"], "fd_floor": floor, "fd_over_floor": r["fd"] / floor,
+                    "class_accuracy": r["class_accuracy"] if w else None,
+                    "class_hist": [round(float(v), 4) for v in r["class_hist"]],
+                    "out_of_range_frac": float(((x < -1) | (x > 1)).double().mean())})
+        grid.append(x[:50])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dpmsched.plots import digits_mosaic
+
+    fig, axes = plt.subplots(1, len(grid), figsize=(5 * len(grid), 3.0))
+    for ax, w, x in zip(axes, MNIST_W, grid):
+        digits_mosaic(x, ax, nrow=10, title=f"mnist-edm, Heun-18, w = {w:g}" + (" (unguided)" if w == 0 else
+                                                                             ": columns are classes 0–9"))
+    fig.tight_layout()
+    fig.savefig(OUT / "mnist_samples.png", dpi=80)
+    plt.close(fig)
+    return out
+
+
 def main():
     torch.set_num_threads(1)
     meta = metadata(command(__file__, []), threads=1)
@@ -82,6 +121,9 @@ def main():
         model = models.load(name)
         if name.startswith("digits-") and row["kind"] != "classifier":
             row.update(digits_quality(model, floor, emp_fd))
+        elif row["dataset"] == "mnist" and row["kind"] != "classifier":
+            baselines["fd_mnist_floor_train_vs_test"] = mnist_floor = metrics.frechet_mnist_floor()
+            row["mnist"] = mnist_quality(model, mnist_floor)
         elif row["kind"] == "edm":                                      # a 2-D toy with a known mixture
             mix = models.load(row["dataset"])
             x, secs, sched = timed_samples(model, N_TOY)
@@ -96,7 +138,7 @@ def main():
         else:
             from dpmsched.train import classifier_accuracy
 
-            row["test_accuracy"] = classifier_accuracy(model)
+            row["test_accuracy"] = classifier_accuracy(model, data=row["dataset"])
         rows.append(row)
 
     result = {**meta, "baselines": baselines, "models": rows, "missing": missing}
@@ -120,6 +162,19 @@ def main():
         [r["model"], f"{r['nll']:.4f}", f"{r['nll_true']:.4f}", f"{r['nll_exact_denoiser']:.4f}",
          f"{r['nll_minus_true']:+.4f}", f"{r['sw2_to_true']:.4f}", f"{r['sw2_exact_denoiser_to_true']:.4f}"]
         for r in rows if "nll" in r])
+    for r in rows:
+        if "mnist" in r:
+            md += ["", f"## MNIST 28×28 (class-conditional, classifier-free guidance): Fréchet-MNIST, Heun 18 steps "
+                   f"(35 NFE), {N_MNIST} samples vs the test split", "",
+                   f"Floor FD(train split, test split) = **{baselines['fd_mnist_floor_train_vs_test']:.2f}**. "
+                   f"Target: unguided ≤ {MNIST_TARGET}× floor. Guided samples take classes 0..9 in turn; class "
+                   "accuracy = fraction that mnist-classifier assigns to the requested class. NFE counts guided "
+                   "evaluations; w ∉ {0, 1} costs two network passes each.", ""]
+            md += md_table(["model", "w", "FD", "FD / floor", "class accuracy", "out-of-[−1,1] pixels", "sampling s"], [
+                [r["model"], f"{q['guidance']:g}", f"{q['fd']:.2f}", f"{q['fd_over_floor']:.2f}",
+                 "—" if q["class_accuracy"] is None else f"{q['class_accuracy']:.3f}",
+                 f"{100 * q['out_of_range_frac']:.2f} %", q["sample_s"]] for q in r["mnist"]])
+            md += ["", "![mnist-edm samples](mnist_samples.png)"]
     for r in rows:
         if "test_accuracy" in r:
             md += ["", f"**{r['model']}**: test-split accuracy {r['test_accuracy']:.4f} (target ≥ 0.97)."]

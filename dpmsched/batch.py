@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .files import atomic_write_text
-from .widgets import HEADLESS_ENV
+from .resources import HEADLESS_ENV
 
 __all__ = ["check_parameters", "save_results", "run_notebook", "run_all", "summary_table", "last_line", "md_cell",
            "strip_notebook", "student_notebook", "SOLUTION_TAG", "DEFAULT_CELL_TIMEOUT"]

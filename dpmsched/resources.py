@@ -4,13 +4,19 @@ In a checkout they are the repository's ``data/`` and ``benchmarks/`` folders; i
 (``pip install .``) the same files ship inside the package as ``dpmsched/shipped/data`` and
 ``dpmsched/shipped/benchmarks`` (see ``[tool.setuptools]`` in pyproject.toml), found with
 :mod:`importlib.resources`.  So a notebook or a command run from any folder finds them.
+
+Also the one environment variable the package reads: :data:`HEADLESS_ENV`.
 """
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["data_dir", "benchmarks_dir", "benchmark_file"]
+__all__ = ["data_dir", "benchmarks_dir", "benchmark_file", "HEADLESS_ENV"]
+
+#: set (to anything non-empty) by unattended notebook runs (``batch.run_notebook``, ``make test-nb``): no widget is
+#: built there (:mod:`dpmsched.widgets`)
+HEADLESS_ENV = "DPMSCHED_HEADLESS"
 
 _CHECKOUT = Path(__file__).resolve().parents[1]
 

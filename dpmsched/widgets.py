@@ -11,12 +11,10 @@ import os
 
 from . import schedules as S
 from .plots import weight_bars
+from .resources import HEADLESS_ENV
 from .theory import gaussian_bound, gaussian_optimal_schedule
 
-__all__ = ["schedule_explorer", "FAMILIES", "HEADLESS_ENV"]
-
-#: set (to anything non-empty) by unattended runs: widgets are not built there (module doc)
-HEADLESS_ENV = "DPMSCHED_HEADLESS"
+__all__ = ["schedule_explorer", "FAMILIES"]
 
 FAMILIES = ("karras", "uniform-logsnr", "uniform-t", "quadratic-t", "cosine", "bound-optimal")
 

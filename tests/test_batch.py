@@ -368,7 +368,8 @@ def test_corrupt_checkpoint_fails_with_the_checkpoint_error(tmp_path, tiny_nb):
 def test_unattended_runs_build_no_widget(tmp_path, monkeypatch):
     """Notebook runs set DPMSCHED_HEADLESS for the kernel (and restore the caller's environment): the widget cell
     of notebook 01 prints its bound instead of building widgets, which nbclient can hang on (nbclient#312)."""
-    from dpmsched.widgets import HEADLESS_ENV, schedule_explorer
+    from dpmsched.resources import HEADLESS_ENV
+    from dpmsched.widgets import schedule_explorer
 
     monkeypatch.setenv(HEADLESS_ENV, "1")
     assert schedule_explorer(steps=4) is None

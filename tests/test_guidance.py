@@ -185,3 +185,19 @@ def test_cli_sample_and_optimize_with_guidance(tmp_path, capsys):
         assert code(["sample", "--model", str(folder), "--steps", "3", "--out", str(out), *argv]) == 2
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_skip_tuning_and_the_optimizers_take_a_guided_denoiser():
+    from dpmsched.optimize import optimize
+    from dpmsched.skiptune import skip_tuning
+
+    m = cond_model(5)
+    g = guided(m, [1, 2], 3.0, cycle=True)
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    plain = g(x, 1.0)
+    with skip_tuning(g, 0.5, 0.8) as d:
+        tuned = d(x, 1.0)
+    assert not torch.allclose(tuned, plain) and torch.equal(g(x, 1.0), plain)   # tuned inside, restored after
+    for method in ("gits", "bound-prop", "huang"):
+        s = optimize(g, method, 3, "euler", n=6, grid_points=12)
+        assert s.steps == 3 and s.sigmas[0] > s.sigmas[-1]

@@ -25,6 +25,8 @@ SMALL = {
                               "direct_iters": 5, "direct_polish": 10, "seed": 1}, "held_out_err"),
     "07_benchmark.ipynb": ({"methods": "karras,huang,bound-prop,gits", "n_eval": 64, "steps": 4, "own_steps": 3,
                             "seed": 1}, "rows"),
+    "08_mnist_guidance.ipynb": ({"steps": 4, "w_list": "0,2", "per_class": 1, "rho_list": "5,7", "n_err": 4,
+                                 "ref_steps": 4, "seed": 1}, "class_accuracy"),
     "04_finetuning.ipynb": ({"steps": 3, "rounds": 1, "iters": 5, "batch": 16, "phase1_n": 8, "phase1_grid": 16,
                              "eval_samples": 100, "other_nfe": 4, "compare_dsm": False, "seed": 1}, "distill_rounds"),
 }

@@ -23,21 +23,26 @@ def strip(argv: list[str]) -> int:
     return 0
 
 
+def _notebook_args(prog: str, doc: str, out: str, argv: list[str]):
+    """The shared arguments of ``demo`` and ``student``: notebooks (default notebooks/[0-9]*.ipynb) and --out."""
+    p = ArgumentParser(prog=f"python -m dpmsched {prog}", description=doc)
+    p.add_argument("notebooks", nargs="*", help="default: notebooks/[0-9]*.ipynb")
+    p.add_argument("--out", default=out, help=f"output folder (default: {out})")
+    a = p.parse_args(argv)
+    return [Path(n) for n in a.notebooks] or sorted(Path("notebooks").glob("[0-9]*.ipynb")), Path(a.out)
+
+
 def demo(argv: list[str]) -> int:
     """``python -m dpmsched demo [--out runs] [notebooks...]``: run the notebook series (CPU defaults)."""
-    p = ArgumentParser(prog="python -m dpmsched demo", description=demo.__doc__)
-    p.add_argument("notebooks", nargs="*", help="default: notebooks/[0-9]*.ipynb")
-    p.add_argument("--out", default="runs", help="output folder (default: runs)")
-    a = p.parse_args(argv)
-    nbs = [Path(n) for n in a.notebooks] or sorted(Path("notebooks").glob("[0-9]*.ipynb"))
+    nbs, out = _notebook_args("demo", demo.__doc__, "runs", argv)
     if not nbs:
         print("no notebooks found")
         return 1
-    rows = run_all(nbs, a.out)
+    rows = run_all(nbs, out)
     table = summary_table(rows)
-    atomic_write_text(Path(a.out) / "summary.md", table + "\n")
+    atomic_write_text(out / "summary.md", table + "\n")
     print("\n" + table)
-    print(f"\nexecuted notebooks: {Path(a.out).resolve()}/\nfigures:            {Path(a.out).resolve()}/figures/")
+    print(f"\nexecuted notebooks: {out.resolve()}/\nfigures:            {out.resolve()}/figures/")
     for r in rows:
         if r["error"]:
             print(f"\n{r['notebook']} failed:\n{r['error']}")
@@ -47,17 +52,12 @@ def demo(argv: list[str]) -> int:
 def student(argv: list[str]) -> int:
     """``python -m dpmsched student [--out runs/student] [notebooks...]``: copies of the notebooks without the
     cells tagged "solution" (the worked solutions), to hand out to a class."""
-    p = ArgumentParser(prog="python -m dpmsched student", description=student.__doc__)
-    p.add_argument("notebooks", nargs="*", help="default: notebooks/[0-9]*.ipynb")
-    p.add_argument("--out", default="runs/student", help="output folder (default: runs/student)")
-    a = p.parse_args(argv)
-    nbs = [Path(n) for n in a.notebooks] or sorted(Path("notebooks").glob("[0-9]*.ipynb"))
+    nbs, out = _notebook_args("student", student.__doc__, "runs/student", argv)
     if not nbs:
         raise FileNotFoundError("no notebooks given and none found in notebooks/")
     for nb in nbs:
         if not nb.is_file():
             raise FileNotFoundError(f"no such notebook: {nb}")
-    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for nb in nbs:
         n = student_notebook(nb, out / nb.name)

@@ -1,4 +1,4 @@
-"""Classifier-free guidance: a guided denoiser is a denoiser.  (Ho & Salimans 2021)
+"""Classifier-free guidance: a guided denoiser is a denoiser.  (Ho & Salimans 2021; docs/math.md §9.6)
 
 For a class-conditional model ``D(x, σ, y)`` trained with label dropout (the null label ∅),
 

@@ -167,7 +167,7 @@ def reference_endpoints(model, n: int = 512, seed: int = 1, steps: int = 128, ba
     if device is not None:
         z = z.to(device)
     xs = [solvers.reference(model, hi * z[i:i + batch], hi, lo, steps=steps) for i in range(0, z.shape[0], batch)]
-    out = (z, torch.cat(xs) if dtype != torch.float64 else torch.cat(xs).double())
+    out = (z, torch.cat(xs).to(dtype))
     if cache:
         if len(_REF) >= _CACHE_MAX:
             _REF.pop(next(iter(_REF)))

@@ -36,6 +36,7 @@ PAGES = {
     "notebooks/05_skip_tuning.html": (5, 4),
     "notebooks/06_sa_solver.html": (10, 2),
     "notebooks/07_benchmark.html": (1, 2),
+    "notebooks/08_mnist_guidance.html": (5, 1),
 }
 
 #: true once MathJax 2 has typeset every formula Sphinx wrote (each ``.math`` element then holds a ``span.MathJax``)
