@@ -22,6 +22,7 @@ Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_models.py`` (or ``mak
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -29,6 +30,7 @@ from _common import OUT, command, md_table, metadata, provenance_line, write_out
 
 from dpmsched import Schedule, metrics, models, solvers
 from dpmsched.checkpoints import WEIGHTS, read_config, shipped_models
+from dpmsched.files import read_json
 from dpmsched.resources import data_dir
 
 MODELS = ("digits-edm", "digits-ddpm", "toy2d-edm", "digits-classifier", "mnist-edm", "mnist-classifier")
@@ -43,10 +45,10 @@ def heun18(model) -> Schedule:
     return Schedule.karras(STEPS - 1, sigma_min=lo, sigma_max=hi).with_final_zero()
 
 
-def timed_samples(model, n):
+def timed_samples(model, n, batch: int = 512):
     sched = heun18(model)
     t0 = time.perf_counter()
-    x = solvers.sample(model, sched, "heun", n, seed=SEED, batch=512, dtype=torch.float64)
+    x = solvers.sample(model, sched, "heun", n, seed=SEED, batch=batch, dtype=torch.float64)
     return x, time.perf_counter() - t0, sched
 
 
@@ -77,7 +79,8 @@ def mnist_quality(model, floor: float) -> list[dict]:
     out, grid = [], []
     for w in MNIST_W:
         labels = torch.arange(N_MNIST) % 10
-        x, secs, sched = timed_samples(guided(model, torch.arange(10), w, cycle=True), N_MNIST)
+        # batches of whole label cycles (500 = 50 × 10), so that sample i asks for class i mod 10 in every batch
+        x, secs, sched = timed_samples(guided(model, torch.arange(10), w, cycle=True), N_MNIST, batch=500)
         r = metrics.frechet_mnist(x, labels=labels)
         out.append({"guidance": w, "solver": "heun", "nfe": solvers.nfe("heun", sched), "n_samples": N_MNIST,
                     "network_passes_per_eval": 1 if w in (0.0, 1.0) else 2, "sample_s": round(secs, 2),
@@ -103,20 +106,35 @@ def mnist_quality(model, floor: float) -> list[dict]:
     return out
 
 
-def main():
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default="", help="comma-separated models to re-measure; the others keep their rows "
+                                                "from the existing models.json (default: all)")
+    a = p.parse_args(argv)
+    only = [m for m in a.only.split(",") if m]
     torch.set_num_threads(1)
-    meta = metadata(command(__file__, []), threads=1)
+    meta = metadata(command(__file__, argv), threads=1)
+    old = read_json(OUT / "models.json", "benchmark results") if only else None
     present = [m for m in MODELS if m in shipped_models()]
     missing = [m for m in MODELS if m not in present]
 
-    floor = metrics.frechet_digits_floor()
-    emp = models.load("digits-empirical")
-    x_emp, emp_s, _ = timed_samples(emp, N_DIGITS)
-    emp_fd = metrics.frechet_digits(x_emp)["fd"]
-    baselines = {"fd_floor_train_vs_test": floor, "fd_empirical_heun18": emp_fd, "empirical_sample_s": round(emp_s, 2)}
+    if only:
+        baselines = dict(old["baselines"])
+        floor, emp_fd = baselines["fd_floor_train_vs_test"], baselines["fd_empirical_heun18"]
+    else:
+        floor = metrics.frechet_digits_floor()
+        emp = models.load("digits-empirical")
+        x_emp, emp_s, _ = timed_samples(emp, N_DIGITS)
+        emp_fd = metrics.frechet_digits(x_emp)["fd"]
+        baselines = {"fd_floor_train_vs_test": floor, "fd_empirical_heun18": emp_fd, "empirical_sample_s": round(emp_s, 2)}
 
     rows = []
     for name in present:
+        if only and name not in only:
+            rows.append(next(r for r in old["models"] if r["model"] == name))
+            continue
         row = model_row(name)
         model = models.load(name)
         if name.startswith("digits-") and row["kind"] != "classifier":
@@ -142,9 +160,16 @@ def main():
         rows.append(row)
 
     result = {**meta, "baselines": baselines, "models": rows, "missing": missing}
+    if only:
+        result["remeasured"] = only
+        result["others_from"] = {k: old.get(k) for k in ("command", "git_commit", "date")}
 
-    md = ["# Shipped models", "", provenance_line(result), "",
-          "Training time is the wall time recorded in each `data/<name>/config.json` by "
+    md = ["# Shipped models", "", provenance_line(result), ""]
+    if only:
+        o = result["others_from"]
+        md += [f"Re-measured in this run: {', '.join(only)}; the other rows are from `{o['command']}` at commit "
+               f"{o['git_commit']}, {o['date']}.", ""]
+    md += ["Training time is the wall time recorded in each `data/<name>/config.json` by "
           "`python -m dpmsched train` (one torch thread on a shared 2-core machine; resumed runs add up).", ""]
     md += md_table(["model", "kind", "params", "weights KB", "steps", "train wall s"], [
         [r["model"], r["kind"], f"{r['params']:,}", f"{r['weights_bytes'] / 1024:.0f}", r["train_steps"], r["train_wall_s"]]
@@ -185,4 +210,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
