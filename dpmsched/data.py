@@ -13,7 +13,7 @@ import torch
 from .denoisers.exact import GaussianMixture
 
 __all__ = ["mixture_2d", "MIXTURES", "digits", "DIGITS_LEVELS", "DIGITS_TEST_SIZE", "DIGITS_SPLIT_SEED", "mnist",
-           "MNIST_TEST_PER_CLASS", "MNIST_SPLIT_SEED", "MNIST_CLASSES"]
+           "MNIST_TEST_PER_CLASS", "MNIST_SPLIT_SEED", "MNIST_CLASSES", "IMAGE_SETS", "image_set"]
 
 #: digits pixels are integers 0..16: 17 grey levels, mapped to x/8 − 1 ∈ [−1, 1] (bin width 1/8)
 DIGITS_LEVELS = 17
@@ -103,3 +103,14 @@ def mnist(split: str = "train", dtype=torch.float32, labels: bool = False, pad: 
         x = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
     lab = torch.as_tensor(y, dtype=torch.long)
     return (x, lab) if labels else x
+
+
+#: the image data sets by name: (loader ``f(split, dtype=..., labels=...)``, image side)
+IMAGE_SETS = {"digits": (digits, 8), "mnist": (mnist, 28)}
+
+
+def image_set(name: str):
+    """``(loader, side)`` of an image data set of :data:`IMAGE_SETS`; an unknown name raises ValueError."""
+    if name not in IMAGE_SETS:
+        raise ValueError(f"unknown image data {name!r}; expected one of {sorted(IMAGE_SETS)}")
+    return IMAGE_SETS[name]

@@ -17,13 +17,10 @@ from __future__ import annotations
 import torch
 
 from .checkpoints import load_model
-from .data import digits, mnist
+from .data import image_set
 
 __all__ = ["truncation_error", "gap_closure", "sliced_wasserstein", "gmm_nll", "frechet_distance", "frechet_digits",
            "frechet_digits_floor", "digits_features", "frechet_mnist", "frechet_mnist_floor", "image_features"]
-
-#: image data sets of the Fréchet metrics: loader of a split name, image side
-IMAGE_DATA = {"digits": (digits, 8), "mnist": (mnist, 28)}
 
 
 def _flat(x) -> torch.Tensor:
@@ -144,7 +141,7 @@ def _classifier(classifier):
 
 def _images(x, what: str, data: str) -> torch.Tensor:
     """Images (M, 1, S, S) of ``data`` (S = 8 digits, 28 MNIST) from a tensor/array or a split name."""
-    load, side = IMAGE_DATA[data]
+    load, side = image_set(data)
     if isinstance(x, str):
         return load(x)
     x = torch.as_tensor(x)

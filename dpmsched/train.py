@@ -33,7 +33,7 @@ import torch
 from safetensors import safe_open
 
 from .checkpoints import save_model
-from .data import digits, mnist
+from .data import IMAGE_SETS, image_set
 from .denoisers.nets import EDMDenoiser, build_net
 from .denoisers.vp import VPDenoiser
 from .files import atomic_write_bytes, clean_stale_temporaries, read_yaml, tensors_from_file, tensors_to_bytes
@@ -107,8 +107,8 @@ def load_config(path_or_dict) -> dict:
 # -- data and model -----------------------------------------------------------------------------
 def make_data(name: str, split: str = "train"):
     """``(sample(n, generator) -> (x0, labels|None), event_shape, std)`` for a data-set name."""
-    if name in ("digits", "mnist"):
-        x, y = (digits if name == "digits" else mnist)(split, labels=True)
+    if name in IMAGE_SETS:
+        x, y = image_set(name)[0](split, labels=True)
 
         def sample(n, g):
             i = torch.randint(len(x), (n,), generator=g)
@@ -177,7 +177,7 @@ def training_loss(cfg, model, x0, y, g):
 
 def classifier_accuracy(net, split: str = "test", data: str = "digits") -> float:
     """Accuracy of a classifier on a split of ``data`` (digits | mnist)."""
-    x, y = (digits if data == "digits" else mnist)(split, labels=True)
+    x, y = image_set(data)[0](split, labels=True)
     with torch.no_grad():
         return float((net.eval()(x).argmax(1) == y).double().mean())
 

@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
                          f"{size * 8 / 1e6:,.0f} MB of output); pass --yes to run it anyway")
     t0 = time.perf_counter()
     x = solvers.sample(model, sched, a.solver, a.n, seed=a.seed, batch=batch, dtype=getattr(torch, a.dtype),
-                       device=a.device, progress=a.n > a.batch, **opts)
+                       device=a.device, progress=a.n > batch, **opts)
     secs = time.perf_counter() - t0
     meta = {"model": a.model, "solver": a.solver, "opts": opts, "seed": a.seed, "schedule": sched.name,
             "sigmas": [float(v) for v in sched.sigmas], "nfe": nfe, "seconds": secs}
