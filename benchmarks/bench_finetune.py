@@ -1,4 +1,4 @@
-"""Benchmark: Huang Phase-2 finetuning on digits-edm (docs/math.md §3.5).
+"""Benchmark: Huang Phase-2 finetuning on digits-edm, or another shipped EDM UNet (docs/math.md §3.5).
 
 For NFE 4, 5, 6 with Euler and with the best multistep solver (chosen in this run: lowest Fréchet-digits on
 EDM-ρ7 at NFE 5), Fréchet-digits of:
@@ -9,10 +9,14 @@ EDM-ρ7 at NFE 5), Fréchet-digits of:
 
 Writes benchmarks/finetune.json and benchmarks/finetune.md.  Run:  .venv/bin/python benchmarks/bench_finetune.py
 (``--quick`` for a smoke run: NFE 5 only, few iterations, few samples — not for the committed table.)
+MNIST (unguided mnist-edm, Fréchet-MNIST; the training-free optimizers with bench_schedules.py's MNIST sizes) at
+Euler NFE 5 → benchmarks/finetune_mnist-edm.{json,md}:
+``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_finetune.py --model mnist-edm --only euler:5``.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -20,8 +24,9 @@ import warnings
 
 import torch
 from _common import OUT, command, md_table, metadata, provenance_line, write_outputs
+from bench_schedules import CONFIG, method_options
 
-from dpmsched import finetune, metrics, optimize
+from dpmsched import finetune, optimize
 from dpmsched.models import load
 
 MULTISTEP = ["dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"]
@@ -33,19 +38,19 @@ TRAINING_FREE = ["uniform-logsnr", "uniform-t", "quadratic-t", "cosine", "gits",
 PHASE1 = {"n": 32, "grid_points": 64}
 
 
-def frechet(model, sched, solver, n, seed):
+def frechet(model, sched, solver, n, seed, data="digits"):
+    """Fréchet distance of ``n`` samples of ``model`` (seed ``seed``) in the features of ``data``'s classifier."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", finetune.ScheduleMismatchWarning)
-        x = finetune.model_samples(model, sched, solver, n=n, seed=seed)
-    return float(metrics.frechet_digits(x)["fd"])
+        return finetune.evaluate(model, sched, solver, dataset=data, n=n, seed=seed)["frechet"]
 
 
-def run_alternating(model, steps, solver, x0, cfg, n, rounds=2, phase1_method="huang"):
-    """Round 0 (Phase-1 only) and rounds 1..R of the alternating loop, each with its Fréchet-digits."""
+def run_alternating(model, steps, solver, x0, cfg, n, rounds=2, phase1_method="huang", data="digits"):
+    """Round 0 (Phase-1 only) and rounds 1..R of the alternating loop, each with its Fréchet distance."""
     per_round = []
 
     def on_round(r, m, s, hist):
-        per_round.append({"round": r, "frechet": frechet(m, s, solver, n, 0), "sigmas": list(s.sigmas),
+        per_round.append({"round": r, "frechet": frechet(m, s, solver, n, 0, data), "sigmas": list(s.sigmas),
                           "phase1_seconds": s.meta.get("phase1_seconds"),
                           "phase2_seconds": hist["seconds"] if hist else 0.0})
 
@@ -59,10 +64,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="smoke run (NFE 5, few iterations); not for the table")
     p.add_argument("--model", default="digits-edm")
-    p.add_argument("--samples", type=int, default=1000, help="samples per Fréchet-digits estimate")
+    p.add_argument("--samples", type=int, default=1000, help="samples per Fréchet estimate")
     p.add_argument("--iters", type=int, default=30, help="Phase-2 iterations per round")
     p.add_argument("--methods", default=",".join(TRAINING_FREE), help="training-free optimizers, comma-separated")
-    p.add_argument("--out", default=str(OUT / "finetune"), help="output stem (.json and .md)")
+    p.add_argument("--out", default=None, help="output stem (.json and .md; default benchmarks/finetune for digits-edm, "
+                   "benchmarks/finetune_<model> otherwise)")
     p.add_argument("--phase1-method", default="huang", help="the schedule optimizer of Phase-1 (default: Huang's bound)")
     p.add_argument("--only", default="", metavar="SOLVER:NFE,...",
                    help="run only these configurations (e.g. euler:5); default: Euler and the best multistep at 4-6")
@@ -73,11 +79,20 @@ def main(argv=None):
     methods = [m for m in a.methods.split(",") if m]
     preset = dict(finetune.PRESETS["cpu-small"]["phase2"], iters=3 if a.quick else a.iters)
     model = load(a.model)
-    x0 = finetune.training_data("digits", model.event_shape)
+    data = model.config["dataset"]
+    out = a.out or str(OUT / ("finetune" if a.model == "digits-edm" else f"finetune_{a.model}"))
+    x0 = finetune.training_data(data, model.event_shape)
+    # the optimizers' options: package defaults on digits-edm (as committed), bench_schedules' sizes for its entries
+    opts_of = functools.partial(method_options, CONFIG[a.model]) if a.model in CONFIG and a.model != "digits-edm" \
+        else (lambda m: {})
     t_start, meta = time.perf_counter(), metadata(command(__file__, argv))   # the code that runs: HEAD at the start
 
-    base5 = {s: frechet(model, optimize.optimize(model, "karras", 5, solver=s), s, n, 0) for s in MULTISTEP}
-    best_ms = min(base5, key=base5.get)
+    def fd(m, sched, solver):
+        return frechet(m, sched, solver, n, 0, data)
+
+    # the best multistep solver (EDM-ρ7 at NFE 5) picks the second solver; not needed with --only
+    base5 = {} if a.only else {s: fd(model, optimize.optimize(model, "karras", 5, solver=s), s) for s in MULTISTEP}
+    best_ms = min(base5, key=base5.get) if base5 else None
     rows = []
     # the target row first (Euler, NFE 5), then the rest: the JSON and table are rewritten after every row, so
     # an interrupted run leaves the rows it finished (``"complete": false``)
@@ -87,11 +102,11 @@ def main(argv=None):
     for solver, nfe in order:
         steps = nfe                                      # every solver here uses N NFE for N steps
         row = {"solver": solver, "nfe": nfe}
-        row["karras"] = frechet(model, optimize.optimize(model, "karras", steps, solver=solver), solver, n, 0)
+        row["karras"] = fd(model, optimize.optimize(model, "karras", steps, solver=solver), solver)
         free = {}
         for m in methods:
             try:
-                free[m] = frechet(model, optimize.optimize(model, m, steps, solver=solver), solver, n, 0)
+                free[m] = fd(model, optimize.optimize(model, m, steps, solver=solver, **opts_of(m)), solver)
             except (ValueError, FloatingPointError) as e:   # a method that does not apply is reported
                 free[m] = f"n/a: {e}"
         num = {k: v for k, v in free.items() if isinstance(v, float)}
@@ -101,34 +116,38 @@ def main(argv=None):
         # the literal DSM reading only on the Euler NFE-5 row (CPU time)
         for loss in finetune.LOSSES if (solver == "euler" and nfe == 5) else ("distill",):
             row[loss] = run_alternating(model, steps, solver, x0, finetune.Phase2Config(**preset, loss=loss), n,
-                                        phase1_method=a.phase1_method)
+                                        phase1_method=a.phase1_method, data=data)
         row["phase1_only"] = row["distill"]["rounds"][0]["frechet"]
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("solver", "nfe", "karras", "phase1_only")}
                          | {"distill": [r["frechet"] for r in row["distill"]["rounds"]]}), flush=True)
-        res = {"benchmark": "finetune", "model": a.model, "samples": n, "phase2": preset, "phase1": PHASE1,
+        res = {"benchmark": "finetune", "model": a.model, "data": data, "samples": n,
+               "optimizer_options": {m: opts_of(m) for m in methods}, "phase2": preset, "phase1": PHASE1,
                "phase1_method": a.phase1_method,
                "rows": rows, "complete": len(rows) == len(order), "multistep_karras_nfe5": base5,
                "best_multistep": best_ms, "training_free_methods": methods,
                "seconds": time.perf_counter() - t_start, "quick": a.quick, "gpu_preset": "not yet measured (no GPU)",
                **meta}
-        write_outputs(a.out, res, table(res))
+        write_outputs(out, res, table(res))
     print(table(res))
 
 
 def table(res):
     """The markdown table of ``res`` (the JSON written by :func:`main`)."""
     losses = [l for l in finetune.LOSSES if any(l in r for r in res["rows"])]
-    lines = [f"# Phase-2 finetuning on {res['model']} (Fréchet-digits, lower is better; ratio vs EDM-ρ7 in brackets)",
-             "", f"{provenance_line(res)} {res['samples']} samples per Fréchet-digits entry (vs the 360-image test "
-             f"split; for the metric's floor see models.md); Phase-1 = `{res.get('phase1_method', 'huang')}` {res['phase1']}; Phase-2 {res['phase2']['iters']} "
+    data = res.get("data", "digits")
+    metric, test = ("Fréchet-digits", "the 360-image test split") if data == "digits" else \
+        ("Fréchet-MNIST", "the 1,000-image MNIST test split; unguided samples (the null label)")
+    lines = [f"# Phase-2 finetuning on {res['model']} ({metric}, lower is better; ratio vs EDM-ρ7 in brackets)",
+             "", f"{provenance_line(res)} {res['samples']} samples per {metric} entry (vs {test}; "
+             f"for the metric's floor see models.md); Phase-1 = `{res.get('phase1_method', 'huang')}` {res['phase1']}; Phase-2 {res['phase2']['iters']} "
              f"iterations × batch {res['phase2']['batch']} per round, lr {res['phase2']['lr']}; total "
              f"{res['seconds']:.0f} s (a 2-core machine shared with other jobs: wall times vary with its load)." + ("" if res.get("complete", True) else
              f" **Incomplete run: {len(res['rows'])} configuration(s) finished.**"), "",
              "Round 0 = Phase-1 only (the pretrained model on its Phase-1 schedule); round r = after r alternations "
              "σ ← Phase1(θ), θ ← Phase2(θ, σ). `distill` = the few-step solve matches the base model's 32-step RK4 "
              "solution; `dsm` = the literal reading (DSM at the schedule's σ with convex λ), run on the Euler NFE-5 "
-             "row only. The last two columns: relative change of Fréchet-digits after round 2 (negative = better). "
+             f"row only. The last two columns: relative change of {metric} after round 2 (negative = better). "
              "Training-free optimizers compared: " + ", ".join(res["training_free_methods"]) + ".", ""]
     header = ["solver", "NFE", "EDM-ρ7", "best training-free", "Phase-1 only",
               *(f"{l} round {i}" for l in losses for i in (1, 2)), "distill round 2 vs Phase-1 only", "vs best training-free"]
@@ -156,7 +175,8 @@ def table(res):
                   f"{l} {sum((rr['phase1_seconds'] or 0) + rr['phase2_seconds'] for rr in r[l]['rounds']):.0f}"
                   for l in losses if l in r) for r in res["rows"]),
               "", f"Best multistep solver (EDM-ρ7, NFE 5, this run): {res['best_multistep']} "
-              + str({k: round(v, 2) for k, v in res['multistep_karras_nfe5'].items()}),
+              + str({k: round(v, 2) for k, v in res['multistep_karras_nfe5'].items()}) if res["best_multistep"]
+              else "Configurations chosen with --only (no multistep solver picked).",
               "", f"GPU preset (`--scale gpu`): {res['gpu_preset']}."]
     return "\n".join(lines) + "\n"
 

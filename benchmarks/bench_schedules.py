@@ -76,6 +76,13 @@ def load_entry(name: str, cfg: dict):
     return guided(model, torch.arange(10), cfg["w"], cycle=True)
 
 
+def method_options(cfg: dict, meth: str) -> dict:
+    """The options of ``meth`` in a CONFIG entry: the shared teacher's size (not for karras and ots, which take
+    none; hand-tuned: the package's ρ grid on it) and the entry's ``method_opts`` (``direct``: add its budget)."""
+    opts = {} if meth in ("karras", "ots") else {"n": cfg["n"], "grid_points": cfg["grid_points"], "seed": 0}
+    return opts | cfg.get("method_opts", {}).get(meth, {})
+
+
 def sample_metric(name: str, x: torch.Tensor) -> float:
     """FD-digits (digits), Fréchet-MNIST (mnist) or ring-mixture NLL (toy2d) of endpoints ``x``."""
     if name.startswith("digits"):
@@ -105,16 +112,14 @@ def run_model(name: str, cfg: dict) -> dict:
            "metric_name": {"digits": "FD-digits", "mnist": "Fréchet-MNIST"}.get(name.split("-")[0], "ring NLL (nats)"),
            "metric_reference": sample_metric(name, xr), "rows": []}
     print(f"== {name}: teacher {teacher_s:.1f} s; reference metric {out['metric_reference']:.3f}", flush=True)
-    common = {"n": cfg["n"], "grid_points": cfg["grid_points"], "seed": 0}
     for solver, nfes in cfg["solvers"].items():
         for nfe in nfes:
             steps = nfe                                    # Euler and DPM-Solver++(2M): one call per step
             scheds = {}
             for meth in ROWS:
-                opts = {} if meth in ("karras", "ots") else dict(common)   # hand-tuned: the package's ρ grid
+                opts = method_options(cfg, meth)
                 if meth == "direct":
                     opts.update(cfg["direct"], init=scheds["hand-tuned"][0])
-                opts.update(cfg.get("method_opts", {}).get(meth, {}))
                 t1 = time.perf_counter()
                 s = optimize(model, meth, steps, solver, **opts)
                 scheds[meth] = (s, time.perf_counter() - t1)
@@ -123,10 +128,10 @@ def run_model(name: str, cfg: dict) -> dict:
                 out["ays"] = {"history": m["history"], "schedule40": m["schedule40"], "seconds": scheds["ays"][1],
                               "sweeps": m["sweeps"], "n": m["n"]}
             variants = {"ays, mode=dp (KLUB optimised to the end)": optimize(
-                model, "ays", steps, solver, mode="dp", **{**common, **cfg.get("method_opts", {}).get("ays", {})})}
+                model, "ays", steps, solver, mode="dp", **method_options(cfg, "ays"))}
             if solver != "euler":
                 variants["bound-prop, order=1 (first-order transfer)"] = optimize(model, "bound-prop", steps, solver,
-                                                                                  order=1, **common)
+                                                                                  order=1, **method_options(cfg, "bound-prop"))
             for label, s in variants.items():
                 x = _solve(model, s, zr, solver)
                 out.setdefault("variants", []).append({"variant": label, "solver": solver, "nfe": nfe,

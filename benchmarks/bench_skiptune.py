@@ -1,8 +1,9 @@
-"""Skip-Tuning on the shipped digits UNet.  Writes benchmarks/skiptune.json and skiptune.md.
+"""Skip-Tuning on a shipped UNet.  Writes benchmarks/skiptune.json and skiptune.md (``--model digits-edm``, the
+default) or benchmarks/skiptune_<model>.{json,md} (e.g. ``--model mnist-edm``).
 
-docs/math.md §5.  Model ``digits-edm``; score: Fréchet-digits distance (``skiptune.fd_score`` =
-``metrics.frechet_digits`` against the 360 test digits) of ``N`` samples; every cell of a grid uses the
-same noise (seed 0), so the cells are a paired comparison.
+docs/math.md §5.  Score: Fréchet-digits distance (``skiptune.fd_score`` = ``metrics.frechet_digits`` against the
+360 test digits) or, for ``mnist-edm`` (unguided: the null label), Fréchet-MNIST against the MNIST test split, of
+``N`` samples; every cell of a grid uses the same noise (seed 0), so the cells are a paired comparison.
 
 1. For each solver (Euler, DPM-Solver++(2M)) and NFE (5, 10) on EDM's Karras ρ = 7 schedule: the grid
    (ρ_top, ρ_bottom) ∈ RHO² (per-skip interpolation), the best cell, the metric before (ρ ≡ 1) / after.
@@ -14,22 +15,27 @@ same noise (seed 0), so the cells are a paired comparison.
 4. The pixel-space denoising loss (EDM training objective on the test digits, fixed σ and ε) of the plain
    model and of each best ρ: the paper says it gets worse while FD improves.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_skiptune.py [--workers 2] [--quick]``.
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_skiptune.py [--workers 2] [--quick]``; MNIST, the
+protocol at Euler NFE 5 only: ``... bench_skiptune.py --model mnist-edm --solvers euler --nfes 5`` (the optimizers
+then run with the MNIST sizes of bench_schedules.py, so the schedules are the ones of its table).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from _common import OUT, command, md_table, metadata, provenance_line, write_json, write_md
+from bench_schedules import CONFIG, method_options
 
 from dpmsched import Schedule, data, models, skiptune, solvers
 from dpmsched.files import read_json
 
 MODEL = "digits-edm"
+SCORES = {"digits": "frechet_digits vs test split (360)", "mnist": "frechet_mnist vs MNIST test split (1000)"}
 SOLVERS = ("euler", "dpmpp_2m")
 NFES = (5, 10)
 RHO = (1.0, 0.875, 0.75, 0.625, 0.5)   # the paper steps 0.05 down to 0.6; coarser and one step further (CPU budget)
@@ -43,12 +49,12 @@ def karras(den, steps: int) -> Schedule:
     return Schedule.karras(steps, sigma_min=den.sigma_min, sigma_max=den.sigma_max)
 
 
-def edm_losses(den, rho_pairs, seed: int = 0) -> dict:
-    """EDM training loss (train.edm_loss, the objective digits-edm was trained on) on the 360 test digits
-    with one fixed generator (same σ and ε) for the plain model and for each (ρ_top, ρ_bottom)."""
+def edm_losses(den, rho_pairs, seed: int = 0, dataset: str = "digits") -> dict:
+    """EDM training loss (train.edm_loss, the objective the model was trained on) on the test split of
+    ``dataset`` with one fixed generator (same σ and ε) for the plain model and for each (ρ_top, ρ_bottom)."""
     from dpmsched.train import edm_loss
 
-    x0 = data.digits("test").float()
+    x0 = data.image_set(dataset)[0]("test").float()
     out = {}
     with torch.no_grad():
         for rt, rb in rho_pairs:
@@ -57,16 +63,29 @@ def edm_losses(den, rho_pairs, seed: int = 0) -> dict:
     return out
 
 
-def fd_at(den, sched, solver, rho_top, rho_bottom, n, seed) -> float:
+def setup(model: str) -> dict:
+    """What changes with the model: its data set, the grid-search score (picklable), the output stem and the
+    optimizers' options (digits-edm: the package defaults, as committed; an entry of bench_schedules' CONFIG: its
+    sizes, so the schedules are the ones of that table)."""
+    den = models.load(model).eval()
+    dataset = den.config["dataset"]
+    if dataset not in SCORES:
+        raise ValueError(f"--model {model!r}: data {dataset!r} has no Fréchet score; expected one of {sorted(SCORES)}")
+    return {"model": model, "den": den, "data": dataset, "score": functools.partial(skiptune.fd_score, data=dataset),
+            "stem": "skiptune" if model == MODEL else f"skiptune_{model}",
+            "opts": (lambda m: {}) if model == MODEL or model not in CONFIG else functools.partial(method_options, CONFIG[model])}
+
+
+def fd_at(st, sched, solver, rho_top, rho_bottom, n, seed) -> float:
     """FD of ``n`` samples (noise of ``seed``) with Skip-Tuning (ρ_top, ρ_bottom) on ``sched``."""
-    with skiptune.skip_tuning(den, rho_top, rho_bottom) as d:
-        return skiptune.fd_score(solvers.sample(d, sched, solver, n, seed=seed, dtype=torch.float32))
+    with skiptune.skip_tuning(st["den"], rho_top, rho_bottom) as d:
+        return st["score"](solvers.sample(d, sched, solver, n, seed=seed, dtype=torch.float32))
 
 
-def fresh_check(den, sched, solver, best, n, seeds) -> dict:
+def fresh_check(st, sched, solver, best, n, seeds) -> dict:
     """FD of plain and tuned samples on fresh seeds (paired: same noise for both)."""
-    plain = [fd_at(den, sched, solver, 1.0, 1.0, n, s) for s in seeds]
-    tuned = [fd_at(den, sched, solver, best["rho_top"], best["rho_bottom"], n, s) for s in seeds]
+    plain = [fd_at(st, sched, solver, 1.0, 1.0, n, s) for s in seeds]
+    tuned = [fd_at(st, sched, solver, best["rho_top"], best["rho_bottom"], n, s) for s in seeds]
     return {"seeds": list(seeds), "plain": plain, "tuned": tuned,
             "tuned_better": int(sum(t < p for p, t in zip(plain, tuned)))}
 
@@ -81,93 +100,100 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workers", type=int, default=1, help="process pool size for the grid search")
     p.add_argument("--quick", action="store_true", help="tiny run (n=128, 3x3 grid, one method) to test the script")
-    p.add_argument("--md-only", action="store_true", help="only rewrite skiptune.md from skiptune.json")
+    p.add_argument("--model", default=MODEL, help="a shipped UNet (digits-edm, mnist-edm)")
+    p.add_argument("--solvers", default=",".join(SOLVERS), help="solvers of the Karras rows, comma-separated")
+    p.add_argument("--nfes", default=",".join(map(str, NFES)), help="NFEs of every row, comma-separated")
+    p.add_argument("--md-only", action="store_true", help="only rewrite the markdown from the JSON")
     p.add_argument("--redo-methods", default="", metavar="M1,M2",
-                   help="re-run only these optimizers' rows and replace them in the existing skiptune.json")
+                   help="re-run only these optimizers' rows and replace them in the existing JSON")
     a = p.parse_args(argv)
+    st = setup(a.model)
     if a.md_only:
-        return write_report(read_json(OUT / "skiptune.json", "benchmark results"))
+        return write_report(read_json(OUT / f"{st['stem']}.json", "benchmark results"), st)
     torch.set_num_threads(1)
     meta = metadata(command(__file__, argv), threads=1, workers=a.workers)
     if a.redo_methods:
-        return redo_methods(a.redo_methods.split(","), a.workers, meta)
+        return redo_methods(st, a.redo_methods.split(","), a.workers, meta)
     global DIAG
     if a.quick:
         DIAG = DIAG[:1]
     n, rho, methods, fresh = (128, RHO_OPT, METHODS[:1], 1) if a.quick else (N, RHO, METHODS, FRESH)
-    den = models.load(MODEL).eval()
+    nfes = [int(k) for k in a.nfes.split(",")]
     t_all = time.perf_counter()
-    result = {**meta, "model": MODEL, "n": n, "seed": SEED,
-              "per": "skip", "score": "frechet_digits vs test split (360)", "karras": [], "optimized": [],
+    result = {**meta, "model": a.model, "n": n, "seed": SEED, "nfes": nfes,
+              "per": "skip", "score": SCORES[st["data"]], "karras": [], "optimized": [],
               "optimized_failed": {}}
-    json_path = Path(tempfile.gettempdir()) / "skiptune_quick.json" if a.quick else OUT / "skiptune.json"
+    json_path = Path(tempfile.gettempdir()) / f"{st['stem']}_quick.json" if a.quick else OUT / f"{st['stem']}.json"
 
     def dump():
         write_json(json_path, result)
 
-    for solver in SOLVERS:
-        for nfe in NFES:
-            sched = karras(den, nfe)              # both solvers: one network call per step
-            r = skiptune.grid_search(den, sched, solver, rho, rho, n=n, seed=SEED, workers=a.workers)
+    for solver in a.solvers.split(","):
+        for nfe in nfes:
+            sched = karras(st["den"], nfe)              # both solvers: one network call per step
+            r = skiptune.grid_search(st["den"], sched, solver, rho, rho, n=n, seed=SEED, workers=a.workers,
+                                     score=st["score"])
             row = grid_row(r)
-            row["diagonal"] = {f"{v:g}": fd_at(den, sched, solver, v, v, n, SEED) for v in DIAG}
-            row["fresh"] = fresh_check(den, sched, solver, r["best"], n, range(SEED + 1, SEED + 1 + fresh))
+            row["diagonal"] = {f"{v:g}": fd_at(st, sched, solver, v, v, n, SEED) for v in DIAG}
+            row["fresh"] = fresh_check(st, sched, solver, r["best"], n, range(SEED + 1, SEED + 1 + fresh))
             result["karras"].append(row)
             print(f"karras {solver} NFE {nfe}: {r['baseline']:.2f} -> {r['best']['score']:.2f} at "
                   f"{r['best']['rho_top']},{r['best']['rho_bottom']} ({r['seconds']:.0f} s); fresh {row['fresh']}",
                   flush=True)
             dump()
-    optimized_rows(den, methods, n, a.workers, result, dump)
+    optimized_rows(st, methods, n, a.workers, result, dump, nfes)
     pairs = [(1.0, 1.0)] + sorted({(r["best"]["rho_top"], r["best"]["rho_bottom"]) for r in result["karras"]})
-    result["edm_loss"] = edm_losses(den, pairs, SEED)
+    result["edm_loss"] = edm_losses(st["den"], pairs, SEED, st["data"])
     result["seconds"] = round(time.perf_counter() - t_all, 1)
     dump()
     if not a.quick:
-        write_report(result)
+        write_report(result, st)
 
 
-def redo_methods(methods, workers: int, meta: dict) -> None:
-    """Re-measure the optimized-schedule rows of ``methods`` in benchmarks/skiptune.json (after an
-    optimizer changed), keeping every other row; the redo is recorded under ``redone``."""
+def redo_methods(st, methods, workers: int, meta: dict) -> None:
+    """Re-measure the optimized-schedule rows of ``methods`` in the model's JSON (after an optimizer changed),
+    keeping every other row; the redo is recorded under ``redone``."""
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"--redo-methods: unknown {bad}; expected some of {METHODS}")
-    result = read_json(OUT / "skiptune.json", "benchmark results")
+    path = OUT / f"{st['stem']}.json"
+    result = read_json(path, "benchmark results")
     result["optimized"] = [r for r in result["optimized"] if r["method"] not in methods]
     for m in methods:
         result["optimized_failed"] = {k: v for k, v in result["optimized_failed"].items() if not k.startswith(m + "@")}
     t0 = time.perf_counter()
-    den = models.load(MODEL).eval()
 
     def dump():
-        write_json(OUT / "skiptune.json", result)
+        write_json(path, result)
 
-    optimized_rows(den, methods, result["n"], workers, result, dump)
+    optimized_rows(st, methods, result["n"], workers, result, dump, result.get("nfes", NFES))
     result.setdefault("redone", []).append({"methods": list(methods), "seconds": round(time.perf_counter() - t0, 1),
                                             **meta})
     order = {m: i for i, m in enumerate(METHODS)}
     result["optimized"].sort(key=lambda r: (order[r["method"]], r["nfe"]))
     dump()
-    write_report(result)
+    write_report(result, st)
 
 
-def optimized_rows(den, methods, n: int, workers: int, result: dict, dump) -> None:
+def optimized_rows(st, methods, n: int, workers: int, result: dict, dump, nfes) -> None:
     """Grid-search ρ on each method's Euler schedule at every NFE; rows appended to result["optimized"]."""
-    for method in methods:
-        for nfe in NFES:
-            from dpmsched.optimize import optimize
+    from dpmsched.optimize import optimize
 
+    for method in methods:
+        for nfe in nfes:
             try:
                 t0 = time.perf_counter()
-                sched = optimize(den, method, nfe, solver="euler")
+                sched = optimize(st["den"], method, nfe, solver="euler", **st["opts"](method))
                 opt_s = time.perf_counter() - t0
             except Exception as e:                 # an optimizer that fails here is reported, not hidden
                 result["optimized_failed"][f"{method}@{nfe}"] = f"{type(e).__name__}: {e}"
                 print(f"{method} NFE {nfe} failed: {e}", flush=True)
                 continue
-            r = skiptune.grid_search(den, sched, "euler", RHO_OPT, RHO_OPT, n=n, seed=SEED, workers=workers)
+            r = skiptune.grid_search(st["den"], sched, "euler", RHO_OPT, RHO_OPT, n=n, seed=SEED, workers=workers,
+                                     score=st["score"])
             row = grid_row(r)
-            row.update(method=method, sigmas=[float(s) for s in sched.sigmas], optimize_s=round(opt_s, 1))
+            row.update(method=method, sigmas=[float(s) for s in sched.sigmas], optimize_s=round(opt_s, 1),
+                       options=st["opts"](method))
             result["optimized"].append(row)
             print(f"{method} euler NFE {nfe}: {r['baseline']:.2f} -> {r['best']['score']:.2f} at "
                   f"{r['best']['rho_top']},{r['best']['rho_bottom']}", flush=True)
@@ -181,11 +207,12 @@ def _subgrid_best(row: dict, rhos) -> dict:
     return {"rho_top": t, "rho_bottom": b, "score": sc}
 
 
-def write_report(r: dict, path: Path | None = None):
-    """skiptune.md (or ``path``) from the results ``r`` of :func:`main`."""
-    md = ["# Skip-Tuning (notebook 05)", "", f"{provenance_line(r)} {r['seconds']:.0f} s in all.", "",
-          f"Model `{r['model']}`; score = Fréchet-digits distance (lower is better) of {r['n']} samples against the "
-          "360 test digits; every cell of a grid uses the same noise (seed 0). ρ interpolated per skip from "
+def write_report(r: dict, st: dict, path: Path | None = None):
+    """<stem>.md (or ``path``) from the results ``r`` of :func:`main`."""
+    test = "360 test digits" if st["data"] == "digits" else "1,000 MNIST test images (unguided samples: the null label)"
+    md = [f"# Skip-Tuning on {r['model']} (notebook 05)", "", f"{provenance_line(r)} {r['seconds']:.0f} s in all.", "",
+          f"Model `{r['model']}`; score = Fréchet-{st['data']} distance (lower is better) of {r['n']} samples against the "
+          f"{test}; every cell of a grid uses the same noise (seed 0). ρ interpolated per skip from "
           "ρ_bottom (deepest) to ρ_top (input conv), constant in σ. Ratio = plain FD / tuned FD (> 1: Skip-Tuning "
           "helps).", ""]
     md += [f"Rows of {', '.join(x['methods'])} re-measured after an optimizer changed: `{x['command']}` — git "
@@ -219,12 +246,12 @@ def write_report(r: dict, path: Path | None = None):
     md += md_table(["schedule", "NFE", "plain FD", "best ρ_top, ρ_bottom", "tuned FD", "ratio",
                     "plain FD / Karras plain FD"], rows)
     md += ["", "## Denoising loss vs sample quality", "",
-           "EDM training loss (`train.edm_loss`, the objective the model was trained on) on the 360 test digits, "
+           f"EDM training loss (`train.edm_loss`, the objective the model was trained on) on the {test}, "
            "same σ and ε for every row:", ""]
     base = r["edm_loss"]["1,1"]
     md += md_table(["ρ_top, ρ_bottom", "EDM loss", "vs plain"],
                    [[key, f"{v:.4f}", f"{v / base:.2f}×"] for key, v in r["edm_loss"].items()])
-    write_md(OUT / "skiptune.md" if path is None else path, md)
+    write_md(OUT / f"{st['stem']}.md" if path is None else path, md)
     print("\n".join(md))
 
 

@@ -14,6 +14,7 @@ from . import checkpoints
 from .adapters import is_diffusers_folder, load_diffusers
 from .data import digits, mixture_2d
 from .denoisers.exact import Empirical, Gaussian
+from .denoisers.guidance import as_tuned
 
 __all__ = ["load", "EXACT_MODELS", "exact_model", "names"]
 
@@ -51,7 +52,8 @@ def load(name_or_path, device="cpu"):
     a local diffusers folder (``model_index.json``, or ``config.json`` + ``scheduler_config.json``) goes
     through :func:`dpmsched.adapters.load_diffusers`.
 
-    The result has ``event_shape``, ``sigma_min``, ``sigma_max`` and ``name`` attributes.
+    The result has ``event_shape``, ``sigma_min``, ``sigma_max`` and ``name`` attributes.  A checkpoint finetuned
+    with classifier-free guidance comes back guided as it was tuned (:func:`dpmsched.denoisers.guidance.as_tuned`).
     """
     key = str(name_or_path)
     if key in EXACT_MODELS:
@@ -61,4 +63,4 @@ def load(name_or_path, device="cpu"):
     if not Path(key).exists() and key not in checkpoints.shipped_models():
         raise ValueError(f"unknown model {key!r}; expected an exact model {sorted(EXACT_MODELS)}, "
                          f"a shipped checkpoint {checkpoints.shipped_models()} or a folder")
-    return checkpoints.load_model(key, device=device)
+    return as_tuned(checkpoints.load_model(key, device=device))

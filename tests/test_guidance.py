@@ -14,13 +14,13 @@ from dpmsched.denoisers.guidance import guided
 from dpmsched.denoisers.nets import EDMDenoiser, UNet
 
 
-def cond_model(seed=0):
+def cond_model(seed=0, size=8):
     torch.manual_seed(seed)
-    net = UNet(in_ch=1, ch=8, mults=(1, 2), emb_dim=16, size=8, num_classes=10).double()
+    net = UNet(in_ch=1, ch=8, mults=(1, 2), emb_dim=16, size=size, num_classes=10).double()
     torch.nn.init.normal_(net.out.weight, std=0.2)
     with torch.no_grad():
         net.label_emb.weight.normal_(0, 1.0)
-    return EDMDenoiser(net, 0.5, (1, 8, 8), name="cond")
+    return EDMDenoiser(net, 0.5, (1, size, size), name="cond")
 
 
 def test_guided_is_conditional_at_w1_unconditional_at_w0_and_cfg_between():
@@ -201,3 +201,60 @@ def test_skip_tuning_and_the_optimizers_take_a_guided_denoiser():
     for method in ("gits", "bound-prop", "huang"):
         s = optimize(g, method, 3, "euler", n=6, grid_points=12)
         assert s.steps == 3 and s.sigmas[0] > s.sigmas[-1]
+
+
+def test_phase2_finetunes_the_guided_denoiser_and_the_checkpoint_loads_guided(tmp_path):
+    """Guided is a module: Phase-2 (distill) tunes the guided combination, lowers its few-step error, leaves the
+    base model alone, and save_finetuned / load_finetuned / models.load bring it back guided as it was tuned."""
+    import warnings
+
+    from dpmsched import finetune
+    from dpmsched.models import load
+    from dpmsched.optimize.teacher import reference_endpoints
+
+    base = cond_model(6).float()
+    g = guided(base, [2, 5], 2.0, cycle=True)
+    assert sorted(n for n, _ in g.named_parameters()) == sorted("model." + n for n, _ in base.named_parameters())
+    s = Schedule.karras(3)
+    pairs = reference_endpoints(g, 64, 3, 8, 64, sigma_range=(s.sigma_min, s.sigma_max), dtype=torch.float32,
+                                cache=False)
+    cfg = finetune.Phase2Config(iters=25, batch=16, lr=3e-3, loss="distill", ema_halflife=0)
+    before = [p.detach().clone() for p in base.parameters()]
+    tuned, _ = finetune.phase2(g, s, config=cfg, device="cpu", pairs=pairs)
+
+    def err(m):
+        with torch.no_grad():
+            return float(finetune.distill_loss(m, *pairs, s, "euler"))
+
+    assert isinstance(tuned, type(g)) and err(tuned) < 0.9 * err(g), (err(g), err(tuned))
+    assert all(torch.equal(a, b) for a, b in zip(before, base.parameters()))          # tuned a copy
+    finetune.save_finetuned(tuned, tmp_path / "ft", s, "euler")
+    cfg_json = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert cfg_json["finetune"]["guidance"] == {"labels": [2, 5], "w": 2.0, "cycle": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back, _, _ = finetune.load_finetuned(tmp_path / "ft", s, "euler")
+    x = torch.randn(4, 1, 8, 8)
+    for m in (back, load(tmp_path / "ft")):
+        assert isinstance(m, type(g)) and m.guidance == tuned.guidance
+        assert torch.allclose(m(x, 0.7), tuned(x, 0.7), atol=1e-6)
+
+
+def test_cli_finetune_with_guidance(tmp_path, capsys):
+    from dpmsched.cli import main
+
+    folder = save_model(cond_model(7, size=28).float(), tmp_path / "cond", kind="edm", dataset="mnist")
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(folder), "--steps", "3", "--rounds", "1", "--iters", "2", "--batch", "8",
+                 "--teacher-pairs", "16", "--teacher-steps", "4", "--eval-samples", "8",
+                 "--phase1-opt", "n=4", "--phase1-opt", "grid_points=12", "--labels", "1,3", "--guidance", "2",
+                 "--out", str(out)]) == 0
+    tuned = json.loads((out / "model" / "config.json").read_text())["finetune"]
+    assert tuned["guidance"] == {"labels": [1, 3], "w": 2.0, "cycle": True}
+    assert json.loads((out / "run.json").read_text())["guidance"] == 2.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1] and all(r["frechet"] > 0 for r in summary["rounds"])
+    capsys.readouterr()
+    assert main(["finetune", "--model", str(folder), "--steps", "3", "--guidance", "2", "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "--guidance needs --labels" in capsys.readouterr().err

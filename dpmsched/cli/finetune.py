@@ -28,7 +28,15 @@ from ..finetune import (
 )
 from ..models import load
 from ..optimize.teacher import reference_endpoints
-from .common import ArgumentParser, device, parse_opts, positive_float, positive_int
+from .common import (
+    ArgumentParser,
+    add_guidance_arguments,
+    apply_guidance,
+    device,
+    parse_opts,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["main", "check_run_settings", "RUN_FILE"]
 
@@ -72,7 +80,9 @@ def main(argv: list[str]) -> int:
     Runs the alternating loop (Phase-1 = the Huang optimizer, Phase-2 = this module) and writes, under
     ``--out``: ``round<r>/schedule.json``, ``round<r>/state.*`` (resumable), ``model/`` (the finetuned
     checkpoint, tied to its schedule and solver) and ``summary.json``.  Under ``torchrun --nproc_per_node K``
-    it runs data-parallel (gloo on CPU, NCCL on GPU).
+    it runs data-parallel (gloo on CPU, NCCL on GPU).  With ``--labels K[,K...] [--guidance W]`` (a
+    class-conditional model) the *guided* denoiser is what Phase-1 optimizes for and Phase-2 tunes; the
+    checkpoint records the guidance and loads guided.
     """
     p = ArgumentParser(prog="python -m dpmsched finetune", description=main.__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -101,6 +111,7 @@ def main(argv: list[str]) -> int:
                    help="option of the Huang Phase-1 optimizer (JSON value), repeatable; overrides the preset's")
     p.add_argument("--base-steps", type=positive_int, default=None,
                    help="--scale gpu without --model: training steps of the base model (default: the preset's)")
+    add_guidance_arguments(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     a = p.parse_args(argv)
@@ -115,7 +126,8 @@ def main(argv: list[str]) -> int:
     cfg = Phase2Config(**opts)
     p1_opts = dict(preset.get("phase1", {}), **parse_opts(a.phase1_opt))
     check_run_settings(Path(a.out), {"model": a.model, "steps": a.steps, "solver": a.solver, "rounds": a.rounds,
-                                     "scale": a.scale, "data": a.data, "phase1": p1_opts, "phase2": asdict(cfg)},
+                                     "scale": a.scale, "data": a.data, "phase1": p1_opts, "phase2": asdict(cfg),
+                                     "labels": a.labels, "guidance": a.guidance},
                        a.resume)
     dev = resolve_device(a.device)
     started = init_distributed(dev)
@@ -128,6 +140,7 @@ def main(argv: list[str]) -> int:
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model {a.model!r} is not a trainable network (exact denoisers cannot be finetuned)")
         dataset = (getattr(model, "config", None) or {}).get("dataset")
+        model = apply_guidance(model, a)           # --labels/--guidance: Phase-1 and Phase-2 see the guided denoiser
         if cfg.loss == "dsm" and (a.data or dataset) is None:
             raise ValueError(f"model {a.model!r} records no data set; pass --data")
         x0 = training_data(a.data or dataset, model.event_shape, seed=a.seed) if cfg.loss == "dsm" else None

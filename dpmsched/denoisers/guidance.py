@@ -19,10 +19,10 @@ import math
 
 import torch
 
-__all__ = ["guided", "Guided"]
+__all__ = ["guided", "Guided", "as_tuned"]
 
 
-class Guided:
+class Guided(torch.nn.Module):
     """``D_w(x, σ; y)`` of a class-conditional denoiser ``model(x, sigma, labels=...)`` (module doc).
 
     ``labels``: one class for every sample (an int) or one per sample (B,); with ``cycle=True`` a list of K classes
@@ -30,9 +30,14 @@ class Guided:
     and Skip-Tuning evaluate batches of their own sizes); ``w`` a finite number.  Attributes
     ``event_shape``, ``sigma_min``, ``sigma_max``, ``name`` come from the model; ``calls_per_eval`` is the
     network passes per evaluation counted in batch units (1 or 2).
+
+    A module around ``model`` (its parameters are the model's), so Phase-2 can finetune the *guided* denoiser:
+    ``copy.deepcopy``, ``.train()``, ``.parameters()`` and ``.to(device)`` reach the wrapped network, and
+    :func:`dpmsched.finetune.save_finetuned` writes the network with the guidance it was tuned for (``guidance``).
     """
 
     def __init__(self, model, labels, w: float, cycle: bool = False):
+        super().__init__()
         if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)):
             raise ValueError(f"guidance weight w must be a finite number, got {w!r}")
         net = getattr(model, "net", model)
@@ -61,7 +66,12 @@ class Guided:
                              "per sample with a solver batch that holds them all")
         return lab
 
-    def __call__(self, x: torch.Tensor, sigma, **kw) -> torch.Tensor:
+    @property
+    def guidance(self) -> dict:
+        """{"labels": [...], "w": w, "cycle": bool}: what :func:`guided` needs to rebuild this denoiser."""
+        return {"labels": [int(v) for v in self.labels.reshape(-1)], "w": self.w, "cycle": self.cycle}
+
+    def forward(self, x: torch.Tensor, sigma, **kw) -> torch.Tensor:
         lab = self._labels(x.shape[0], x.device)
         if self.w == 1.0:
             return self.model(x, sigma, labels=lab, **kw)
@@ -78,3 +88,11 @@ class Guided:
 def guided(model, labels, w: float, cycle: bool = False) -> Guided:
     """The guided denoiser ``D_w(·; labels)`` of a class-conditional ``model`` (see :class:`Guided`)."""
     return Guided(model, labels, w, cycle)
+
+
+def as_tuned(model):
+    """``model`` guided as its checkpoint was finetuned (``config["finetune"]["guidance"]``, written by
+    :func:`dpmsched.finetune.save_finetuned`), or ``model`` itself when it was not tuned with guidance: the
+    finetuned weights are only meaningful in the guided combination they were tuned in."""
+    g = ((getattr(model, "config", None) or {}).get("finetune") or {}).get("guidance")
+    return model if g is None else guided(model, g["labels"], g["w"], cycle=g.get("cycle", False))

@@ -9,7 +9,8 @@ import torch
 
 from .. import metrics, solvers
 from ..checkpoints import load_model, save_model
-from ..data import digits
+from ..data import IMAGE_SETS, image_set
+from ..denoisers.guidance import Guided, as_tuned
 from ..models import EXACT_MODELS, exact_model
 from ..optimize.teacher import endpoint_error, reference_endpoints
 from ..schedules import Schedule
@@ -88,7 +89,8 @@ def evaluate(model, schedule, solver: str = "euler", *, pairs=None, dataset: str
       :func:`~dpmsched.finetune.loop.distill_pairs` to measure distance to what the pretrained model would produce);
     * ``dataset`` "toy2d-*" (an exact mixture of ``dpmsched.denoisers.EXACT_MODELS``): ``"nll"`` (exact mean
       −log p of ``n`` samples, nats) and ``"sw"`` (sliced Wasserstein to ``n`` true samples);
-    * ``dataset`` "digits": ``"frechet"`` = the ``"fd"`` of ``dpmsched.metrics.frechet_digits`` of ``n`` samples.
+    * ``dataset`` "digits" / "mnist": ``"frechet"`` = the ``"fd"`` of ``dpmsched.metrics.frechet_digits`` /
+      ``frechet_mnist`` of ``n`` samples (a guided model: its samples, whatever the classes).
     Samples come from :func:`model_samples` with ``seed``.
     """
     out = {}
@@ -103,18 +105,20 @@ def evaluate(model, schedule, solver: str = "euler", *, pairs=None, dataset: str
         x = model_samples(model, schedule, solver, n=n, seed=seed).double()
         out["nll"] = metrics.gmm_nll(x, mix)
         out["sw"] = metrics.sliced_wasserstein(x, mix.sample(n, torch.Generator().manual_seed(int(seed) + 1)))
-    elif dataset == "digits":
-        out["frechet"] = float(metrics.frechet_digits(model_samples(model, schedule, solver, n=n, seed=seed))["fd"])
+    elif dataset in IMAGE_SETS:
+        fd = metrics.frechet_digits if dataset == "digits" else metrics.frechet_mnist
+        out["frechet"] = float(fd(model_samples(model, schedule, solver, n=n, seed=seed))["fd"])
     else:
-        raise ValueError(f"evaluate: unknown dataset {dataset!r}; expected 'toy2d-*' or 'digits'")
+        raise ValueError(f"evaluate: unknown dataset {dataset!r}; expected 'toy2d-*' or one of {sorted(IMAGE_SETS)}")
     return out
 
 
 def training_data(name: str, event_shape, n_toy: int = 8192, seed: int = 0) -> torch.Tensor:
-    """x0 for the DSM Phase-2 loss: the digits train split (M, 1, 8, 8), or ``n_toy`` samples of a 2-D toy
-    mixture drawn with ``seed`` (through :func:`dpmsched.train.make_data`, the data the model was trained on)."""
-    if name == "digits":
-        x = digits("train")
+    """x0 for the DSM Phase-2 loss: the train split of an image set (digits (M, 1, 8, 8), mnist (M, 1, 28, 28)),
+    or ``n_toy`` samples of a 2-D toy mixture drawn with ``seed`` (through :func:`dpmsched.train.make_data`, the
+    data the model was trained on)."""
+    if name in IMAGE_SETS:
+        x = image_set(name)[0]("train")
     else:
         x = make_data(name)[0](int(n_toy), torch.Generator().manual_seed(int(seed)))[0]
     if tuple(x.shape[1:]) != tuple(event_shape):
@@ -125,23 +129,32 @@ def training_data(name: str, event_shape, n_toy: int = 8192, seed: int = 0) -> t
 
 def save_finetuned(model, folder, schedule, solver: str, info: dict | None = None) -> Path:
     """Write a finetuned EDM model with :func:`dpmsched.checkpoints.save_model`; its ``config.json`` gets a
-    ``"finetune"`` entry {"schedule", "solver", "base_model", **info} that ties it to the pair it was tuned for."""
+    ``"finetune"`` entry {"schedule", "solver", "base_model", **info} that ties it to the pair it was tuned for.
+    A guided model (:class:`~dpmsched.denoisers.guidance.Guided`, finetuned as a whole) is written as its network
+    with ``"guidance"`` {"labels", "w", "cycle"} in that entry; :func:`load_finetuned` wraps it again."""
     s = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+    extra = {}
+    if isinstance(model, Guided):
+        extra["guidance"] = model.guidance
+        model = model.model
     base = dict(getattr(model, "config", None) or {})
     tuned = {"schedule": s.to_dict(), "solver": str(solver),
-             "base_model": base.get("finetune", {}).get("base_model", getattr(model, "name", None)), **(info or {})}
+             "base_model": base.get("finetune", {}).get("base_model", getattr(model, "name", None)),
+             **extra, **(info or {})}
     return save_model(model, folder, kind="edm", dataset=base.get("dataset", "unknown"),
                       training=base.get("training"), extra={"finetune": tuned})
 
 
 def load_finetuned(path, schedule=None, solver: str | None = None, device="cpu"):
     """Load a checkpoint written by :func:`save_finetuned`.  ``schedule``/``solver``: the pair you intend to
-    use; a different one raises :class:`ScheduleMismatchWarning`.  Returns ``(model, tuned_schedule, solver)``.
+    use; a different one raises :class:`ScheduleMismatchWarning`.  Returns ``(model, tuned_schedule, solver)``;
+    a model finetuned with guidance comes back guided as it was tuned (:func:`~dpmsched.denoisers.guidance.as_tuned`).
     """
     model = load_model(path, device=device)
     tuned = (getattr(model, "config", None) or {}).get("finetune")
     if tuned is None:
         raise ValueError(f"{path} is not a finetuned checkpoint (its config.json has no 'finetune' entry)")
+    model = as_tuned(model)
     model.finetuned_for = {"schedule": tuned["schedule"], "solver": tuned["solver"]}
     if schedule is not None:
         check_schedule(model, schedule, solver)
