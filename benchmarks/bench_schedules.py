@@ -253,7 +253,51 @@ def transfer_section(res: dict) -> list[str]:
                            f"({out[0][2]} {gm:.2f})")
             rows.append(row)
         md += [f"### {solver}", ""] + md_table(["finding", *models], rows) + [""]
-    return md
+    return md + phase2_skip_section()
+
+
+def _euler5(path, key: str):
+    """The Euler NFE-5 row of a finetune / skiptune result file (``key``: "rows" / "karras"), or None."""
+    if not path.exists():
+        return None
+    rows = [r for r in read_json(path, "benchmark results")[key] if r["solver"] == "euler" and r["nfe"] == 5]
+    return rows[0] if rows else None
+
+
+def _phase2_cells(r) -> list[str]:
+    last, p1, free = r["distill"]["rounds"][-1]["frechet"], r["phase1_only"], r["best_training_free_value"]
+    dsm = f"{r['dsm']['rounds'][-1]['frechet'] / p1:.2f}×" if "dsm" in r else "—"
+    return [f"{last / p1:.2f}× ({p1:.1f} → {last:.1f})", f"{last / free:.2f}× ({r['best_training_free']} {free:.1f})", dsm]
+
+
+def _skip_cells(r) -> list[str]:
+    f = r["fresh"]
+    return [f"{r['improvement']:.2f}× (ρ {r['best']['rho_top']:g}, {r['best']['rho_bottom']:g})",
+            f"{f['tuned_better']}/{len(f['seeds'])}"]
+
+
+def phase2_skip_section() -> list[str]:
+    """'Does it transfer?' for Phase-2 and Skip-Tuning: Euler NFE 5 on digits-edm and mnist-edm, from
+    finetune*.json and skiptune*.json (bench_finetune.py / bench_skiptune.py, each run with its own command)."""
+    models = [m for m in ("digits-edm", "mnist-edm")
+              if (OUT / ("finetune.json" if m == "digits-edm" else f"finetune_{m}.json")).exists()
+              or (OUT / ("skiptune.json" if m == "digits-edm" else f"skiptune_{m}.json")).exists()]
+    if "mnist-edm" not in models:
+        return []
+    labels = ["Phase-2 (distill, 2 rounds) improves on Phase-1 only (FD after/before)",
+              "Phase-2 beats the best training-free schedule (FD ratio)",
+              "the literal DSM reading does not help (FD after/before)",
+              "Skip-Tuning helps Euler (grid: plain/tuned FD on Karras-ρ7)",
+              "… and on fresh seeds (tuned better)"]
+    cols = []
+    for m in models:
+        stem = "" if m == "digits-edm" else f"_{m}"
+        ft, sk = _euler5(OUT / f"finetune{stem}.json", "rows"), _euler5(OUT / f"skiptune{stem}.json", "karras")
+        cols.append((_phase2_cells(ft) if ft else ["not run"] * 3) + (_skip_cells(sk) if sk else ["not run"] * 2))
+    md = ["### Phase-2 and Skip-Tuning (Euler, NFE 5; Fréchet distance of the samples, lower is better)", "",
+          "From `finetune.md` / `finetune_mnist-edm.md` and `skiptune.md` / `skiptune_mnist-edm.md` (each has its "
+          "command); MNIST unguided, the same protocol as digits.", ""]
+    return md + md_table(["finding", *models], [[lab, *(c[i] for c in cols)] for i, lab in enumerate(labels)]) + [""]
 
 
 def _fmt(v, f):
@@ -336,6 +380,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit-n", type=int, default=64, help="training latents of the limit check")
     p.add_argument("--limit-iters", type=int, default=40, help="Adam steps of the limit check")
     p.add_argument("--limit-polish", type=int, default=100, help="Nelder-Mead evaluations of the limit check")
+    p.add_argument("--md-only", action="store_true", help="only rewrite schedules.md from schedules.json")
     a = p.parse_args(argv)
     names = [m for m in a.models.split(",") if m]
     bad = [m for m in names if m not in CONFIG]
@@ -344,6 +389,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     meta = {**metadata(command(__file__, argv), threads=1), "config": CONFIG}
     res, prev = {}, OUT / "schedules.json"
+    if a.md_only:
+        old_payload = read_json(prev, "benchmark results")
+        write(old_payload["results"], {k: v for k, v in old_payload.items() if k not in ("results", "targets_digits_nfe5")})
+        return 0
     if a.limit_check:
         old_payload = read_json(prev, "benchmark results")
         res = old_payload["results"]
