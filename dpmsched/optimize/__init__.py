@@ -28,6 +28,7 @@ METHODS: dict[str, str] = {
     "hand-tuned": "dpmsched.optimize.direct:hand_tuned",
     "huang": "dpmsched.optimize.bound:huang",
     "bound-prop": "dpmsched.optimize.bound:bound_prop",
+    "bound-step": "dpmsched.optimize.bound_step:bound_step",
     "ots": "dpmsched.optimize.ots:ots",
     "gits": "dpmsched.optimize.gits:gits",
     "ays": "dpmsched.optimize.ays:ays",

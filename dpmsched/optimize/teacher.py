@@ -120,27 +120,49 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def adjoints(model, t: Teacher, m: int = 2, seed: int = 0) -> torch.Tensor:
+def adjoints(model, t: Teacher, m: int = 2, seed: int = 0, *, directions: torch.Tensor | None = None,
+             integrator: str = "euler") -> torch.Tensor:
     """a_j(g) = (∂x(σ_N)/∂x(σ_g))ᵀ v_j for m directions v_j ~ N(0, I): shape (G, m, B, *event).
 
-    One backward sweep through Euler steps on the teacher grid, each linearised at the stored
-    teacher state (the discrete adjoint of the flow map, first order in the grid spacing):
-    a(G−1) = v,  a(g) = (∂Φ_g/∂x)ᵀ a(g+1) with Φ_g(x) = r x + (1 − r) D(x; σ_g), r = σ_{g+1}/σ_g.
-    Cost: G − 1 network evaluations and their backward passes on a batch of m·B.
+    One backward sweep through one-step maps on the teacher grid, each linearised at the stored
+    teacher state (the discrete adjoint of the flow map):  a(G−1) = v,  a(g) = (∂Φ_g/∂x)ᵀ a(g+1).
+
+    * ``integrator="euler"`` (default): Φ_g(x) = r x + (1 − r) D(x; σ_g), r = σ_{g+1}/σ_g — first order in
+      the grid spacing; G − 1 network evaluations and their backward passes on a batch of m·B.
+    * ``integrator="heun"`` (or any one-step solver name): Φ_g = that solver's step σ_g → σ_{g+1}
+      (:func:`dpmsched.solvers.heun` on the two-point schedule, differentiated by autograd).  With the
+      teacher's own solver (Heun by default) this is the *exact* Jacobian of the teacher's flow map, second
+      order in the grid; twice the evaluations of "euler".
+
+    ``directions``: the v_j themselves, (m, B, *event) (e.g. a scaled basis, which makes
+    mean_j ⟨a_j, w⟩² = ‖J w‖² exact); default m standard-normal ones drawn with ``seed``.
     """
-    if int(m) < 1:
-        raise ValueError(f"m (adjoint directions) must be >= 1, got {m}")
-    gen = torch.Generator().manual_seed(int(seed) + 7919)
     shape = t.x.shape[1:]
-    a = torch.randn(int(m), *shape, generator=gen, dtype=torch.float64)
-    out = torch.empty(t.G, int(m), *shape, dtype=torch.float64)
+    if directions is None:
+        if int(m) < 1:
+            raise ValueError(f"m (adjoint directions) must be >= 1, got {m}")
+        gen = torch.Generator().manual_seed(int(seed) + 7919)
+        a = torch.randn(int(m), *shape, generator=gen, dtype=torch.float64)
+    else:
+        a = torch.as_tensor(directions, dtype=torch.float64)
+        if a.ndim != len(shape) + 1 or tuple(a.shape[1:]) != tuple(shape):
+            raise ValueError(f"directions must have shape (m, {', '.join(map(str, shape))}), got {tuple(a.shape)}")
+    m = a.shape[0]
+    step = None if integrator == "euler" else solvers.get(integrator)
+    out = torch.empty(t.G, m, *shape, dtype=torch.float64)
     out[-1] = a
     for g in range(t.G - 2, -1, -1):
         r = float(t.grid[g + 1] / t.grid[g])
-        xg = t.x[g].unsqueeze(0).expand(int(m), *shape).reshape(-1, *shape[1:]).clone().requires_grad_(True)
-        den = model(xg, float(t.grid[g]))
-        (vjp,) = torch.autograd.grad(den.double(), xg, grad_outputs=a.reshape(-1, *shape[1:]) * (1.0 - r))
-        a = r * a + vjp.reshape(a.shape).detach()
+        xg = t.x[g].unsqueeze(0).expand(m, *shape).reshape(-1, *shape[1:]).clone().requires_grad_(True)
+        if step is None:
+            den = model(xg, float(t.grid[g]))
+            (vjp,) = torch.autograd.grad(den.double(), xg, grad_outputs=a.reshape(-1, *shape[1:]) * (1.0 - r))
+            a = r * a + vjp.reshape(a.shape).detach()
+        else:
+            with torch.enable_grad():
+                nxt = step(model, xg, t.grid[g:g + 2].copy())
+                (vjp,) = torch.autograd.grad(nxt.double(), xg, grad_outputs=a.reshape(-1, *shape[1:]))
+            a = vjp.reshape(a.shape).detach()
         out[g] = a
     return out
 

@@ -38,8 +38,8 @@ solve), ``multistep`` (DPM-Solver++, UniPC, iPNDM), ``sa_solver``, ``registry`` 
 from __future__ import annotations
 
 from .base import as_sigmas, check_finite
-from .first_order import ddim, ddpm_ancestral, euler
-from .multistep import dpmpp_2m, dpmpp_3m, ipndm, unipc
+from .first_order import ddim, ddpm_ancestral, euler, euler_step
+from .multistep import dpmpp_2m, dpmpp_3m, dpmpp_step, ipndm, unipc
 from .registry import SOLVERS, get, nfe, solver_order
 from .runge_kutta import heun, reference, rk4
 from .sa_solver import TAU_WINDOW, sa_coefficients, sa_solver
@@ -47,4 +47,4 @@ from .sampling import latents, sample
 
 __all__ = ["euler", "heun", "ddim", "ddpm_ancestral", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "sa_solver",
            "sa_coefficients", "rk4", "reference", "get", "nfe", "solver_order", "SOLVERS", "TAU_WINDOW", "sample",
-           "latents", "as_sigmas", "check_finite"]
+           "latents", "as_sigmas", "check_finite", "euler_step", "dpmpp_step"]

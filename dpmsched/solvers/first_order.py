@@ -5,7 +5,18 @@ import torch
 
 from .base import as_sigmas, check_finite, check_number, emit, finish, gaussian_like
 
-__all__ = ["euler", "ddim", "ddpm_ancestral"]
+__all__ = ["euler", "euler_step", "ddim", "ddpm_ancestral"]
+
+
+def euler_step(x, denoised, sigma, sigma_next):
+    """One Euler / DDIM(η=0) step from σ to σ_next given D(x; σ): (σ_next/σ) x + (1 − σ_next/σ) D (§2.1).
+
+    The one implementation of the step, used by :func:`euler`, :func:`ddim` (η = 0) and the step-cost
+    bound (``dpmsched.optimize.bound_step``, which feeds it teacher states).  σ's: floats or float64
+    tensors that broadcast against ``x``.
+    """
+    r = sigma_next / sigma
+    return r * x + (1.0 - r) * denoised
 
 
 def euler(denoiser, x, sigmas, *, callback=None, denoise_to_zero=False):
@@ -17,8 +28,7 @@ def euler(denoiser, x, sigmas, *, callback=None, denoise_to_zero=False):
     for i in range(len(s) - 1):
         denoised = denoiser(x, s[i])
         emit(callback, i, s[i], x, denoised)
-        r = s[i + 1] / s[i]
-        x = check_finite(r * x + (1.0 - r) * denoised, i)
+        x = check_finite(euler_step(x, denoised, s[i], s[i + 1]), i)
     return finish(denoiser, x, s, denoise_to_zero, callback)
 
 
@@ -35,8 +45,7 @@ def ddim(denoiser, x, sigmas, *, eta=0.0, generator=None, callback=None, denoise
         denoised = denoiser(x, s[i])
         emit(callback, i, s[i], x, denoised)
         if eta == 0 or s[i + 1] == 0:
-            r = s[i + 1] / s[i]
-            x = r * x + (1.0 - r) * denoised
+            x = euler_step(x, denoised, s[i], s[i + 1])
         else:
             up = torch.minimum(eta * s[i + 1] * torch.sqrt(1.0 - (s[i + 1] / s[i]) ** 2), s[i + 1])
             down = torch.sqrt(s[i + 1] ** 2 - up**2)

@@ -5,11 +5,48 @@ import torch
 
 from .base import as_sigmas, check_bool, check_finite, check_number, emit, finish, step_order
 
-__all__ = ["dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"]
+__all__ = ["dpmpp_step", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm"]
+
+
+def dpmpp_step(x, denoised, s, i, order, lam=None):
+    """Step i of DPM-Solver++ (data prediction, midpoint form, §2.3; λ = −log σ, α = 1): from σ = ``s[i]`` to
+    ``s[i + 1]`` > 0 with ``order`` ∈ {1, 2, 3}, given the model outputs ``denoised[-order:]`` at
+    ``s[i − order + 1]``, …, ``s[i]`` (oldest first).
+
+    Order 1 is DDIM, x ← (σ_{i+1}/σ_i) x − (e^{−h} − 1) D_i with h = λ_{i+1} − λ_i; order 2 adds
+    −(e^{−h} − 1)(D_i − D_{i−1})/(2 r_0), r_0 = (λ_i − λ_{i−1})/h.  ``s``: the schedule tensor, or any sequence
+    of float64 tensors that broadcast against ``x``; ``lam``: −log σ of ``s`` if the caller has it.  The one
+    implementation of the step: :func:`dpmpp_2m` / :func:`dpmpp_3m` call it with their history (their arithmetic,
+    gradients in the schedule included, is bit for bit what it was before the step was factored out), and the
+    step-cost bound (``dpmsched.optimize.bound_step``) with the teacher's, for every grid triplet at once
+    (``s = [σ_p, σ_a, σ_c]`` broadcast over (p, c), ``i = 1``).
+    """
+    if order not in (1, 2, 3) or i - order + 1 < 0 or len(denoised) < order:
+        raise ValueError(f"dpmpp_step: order must be 1-3 with order outputs and order <= i + 1, "
+                         f"got order={order!r}, i={i}, {len(denoised)} outputs")
+    if lam is None:
+        lam = {j: -torch.log(s[j]) for j in range(i - order + 1, i + 1)}
+    h = torch.log(s[i] / s[i + 1])
+    phi1 = torch.expm1(-h)                                # e^{−h} − 1
+    x = (s[i + 1] / s[i]) * x - phi1 * denoised[-1]
+    if order >= 2:
+        r0 = (lam[i] - lam[i - 1]) / h
+        d1_0 = (denoised[-1] - denoised[-2]) / r0
+        if order == 2:
+            x = x - phi1 * 0.5 * d1_0
+        else:
+            r1 = (lam[i - 1] - lam[i - 2]) / h
+            d1_1 = (denoised[-2] - denoised[-3]) / r1
+            d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            phi2 = phi1 / h + 1.0
+            phi3 = phi2 / h - 0.5
+            x = x + phi2 * d1 - phi3 * d2
+    return x
 
 
 def _dpmpp(denoiser, x, sigmas, order, lower_order_final, callback, denoise_to_zero):
-    """DPM-Solver++(kM), data prediction, midpoint form (§2.3) with λ = −log σ, α = 1."""
+    """DPM-Solver++(kM): :func:`dpmpp_step` of order :func:`~.base.step_order` at every step (§2.3)."""
     check_bool("lower_order_final", lower_order_final)
     s = as_sigmas(sigmas)
     n = len(s) - 1
@@ -22,24 +59,7 @@ def _dpmpp(denoiser, x, sigmas, order, lower_order_final, callback, denoise_to_z
         if s[i + 1] == 0:                                      # first-order jump to the data
             x = check_finite(denoised, i)
             break
-        h = torch.log(s[i] / s[i + 1])
-        phi1 = torch.expm1(-h)                                # e^{−h} − 1
-        p = step_order(i, n, order, lower_order_final)
-        x = (s[i + 1] / s[i]) * x - phi1 * ms[-1]
-        if p >= 2:
-            r0 = (lam[i] - lam[i - 1]) / h
-            d1_0 = (ms[-1] - ms[-2]) / r0
-            if p == 2:
-                x = x - phi1 * 0.5 * d1_0
-            else:
-                r1 = (lam[i - 1] - lam[i - 2]) / h
-                d1_1 = (ms[-2] - ms[-3]) / r1
-                d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi2 = phi1 / h + 1.0
-                phi3 = phi2 / h - 0.5
-                x = x + phi2 * d1 - phi3 * d2
-        x = check_finite(x, i)
+        x = check_finite(dpmpp_step(x, ms, s, i, step_order(i, n, order, lower_order_final), lam), i)
         del ms[:-3]
     return finish(denoiser, x, s, denoise_to_zero, callback)
 
