@@ -87,11 +87,12 @@ def main(argv=None) -> int:
         cfg = CONFIG[name]
         model = load_entry(name, cfg)
         zr, xr = TT.reference_endpoints(model, n=cfg["heldout"], seed=1, steps=cfg["ref_steps"])
+        cells = [c.split(":") for c in a.cells.split(",")]
+        kept = [c for c in res["models"].get(name, {}).get("cells", []) if [c["solver"], str(c["nfe"])] not in cells]
         entry = {**meta, "heldout": cfg["heldout"], "ref_steps": cfg["ref_steps"], "grid_points": cfg["grid_points"],
-                 "direct": cfg["direct"], "teacher_vs_reference": teacher_error(model, cfg, max(ns)), "cells": []}
-        res["models"][name] = entry
-        for cell in a.cells.split(","):
-            solver, nfe = cell.split(":")
+                 "direct": cfg["direct"], "teacher_vs_reference": teacher_error(model, cfg, max(ns)), "cells": kept}
+        res["models"][name] = entry          # cells of other (solver, NFE) of this model are kept
+        for solver, nfe in cells:
             hand = optimize(model, "hand-tuned", int(nfe), solver, **method_options(cfg, "hand-tuned"))
             hand_mse = per_latent_mse(model, hand, solver, zr, xr)
             row = {"solver": solver, "nfe": int(nfe), "hand_tuned": rmse_se(hand_mse), "fits": []}
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
             for n in ns:
                 row["fits"].append(fit_cell(model, cfg, solver, int(nfe), n, zr, xr, hand_mse))
                 f = row["fits"][-1]
-                print(f"{name} {cell} n={n}: train {f['train_rmse']:.4f} held-out {f['heldout_rmse']:.4f} "
+                print(f"{name} {solver}:{nfe} n={n}: train {f['train_rmse']:.4f} held-out {f['heldout_rmse']:.4f} "
                       f"± {f['heldout_se']:.4f}; vs hand-tuned {f['vs_hand_mse']:+.2e} ± {f['vs_hand_se']:.1e} "
                       f"({f['seconds']:.0f} s)", flush=True)
                 write_outputs(OUT / "limit", res, table(res))
@@ -111,7 +112,8 @@ def chosen_n(fits: list[dict]) -> int | None:
     """The smallest n from which on every fit's held-out RMSE is within one SE of the largest n's."""
     if not fits:
         return None
-    last, ok = fits[-1], [f["heldout_rmse"] <= fits[-1]["heldout_rmse"] + fits[-1]["heldout_se"] for f in fits]
+    last = fits[-1]
+    ok = [f["heldout_rmse"] <= last["heldout_rmse"] + last["heldout_se"] for f in fits]
     return next(f["n"] for i, f in enumerate(fits) if all(ok[i:]))
 
 
