@@ -72,6 +72,12 @@ def provenance_line(meta: dict) -> str:
             f"{machine_text(meta.get('machine'))}.")
 
 
+def result_stem(base: str, model: str) -> Path:
+    """``benchmarks/<base>`` for digits-edm (the committed tables of the digits protocol), else
+    ``benchmarks/<base>_<model>``: where a benchmark run on ``model`` writes its .json and .md."""
+    return OUT / (base if model == "digits-edm" else f"{base}_{model}")
+
+
 def md_table(header, rows) -> list[str]:
     """Markdown table lines: the ``header`` cells, the rule, then one line per row of cells."""
     header = list(header)

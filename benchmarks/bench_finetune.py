@@ -16,15 +16,14 @@ Euler NFE 5 → benchmarks/finetune_mnist-edm.{json,md}:
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import time
 import warnings
 
 import torch
-from _common import OUT, command, md_table, metadata, provenance_line, write_outputs
-from bench_schedules import CONFIG, method_options
+from _common import command, md_table, metadata, provenance_line, result_stem, write_outputs
+from bench_schedules import options_for
 
 from dpmsched import finetune, optimize
 from dpmsched.models import load
@@ -80,11 +79,9 @@ def main(argv=None):
     preset = dict(finetune.PRESETS["cpu-small"]["phase2"], iters=3 if a.quick else a.iters)
     model = load(a.model)
     data = model.config["dataset"]
-    out = a.out or str(OUT / ("finetune" if a.model == "digits-edm" else f"finetune_{a.model}"))
+    out = a.out or str(result_stem("finetune", a.model))
     x0 = finetune.training_data(data, model.event_shape)
-    # the optimizers' options: package defaults on digits-edm (as committed), bench_schedules' sizes for its entries
-    opts_of = functools.partial(method_options, CONFIG[a.model]) if a.model in CONFIG and a.model != "digits-edm" \
-        else (lambda m: {})
+    opts_of = options_for(a.model)
     t_start, meta = time.perf_counter(), metadata(command(__file__, argv))   # the code that runs: HEAD at the start
 
     def fd(m, sched, solver):

@@ -30,6 +30,7 @@ see CONFIG.  Run: ``.venv/bin/python benchmarks/bench_schedules.py [--models dig
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 
@@ -83,12 +84,19 @@ def method_options(cfg: dict, meth: str) -> dict:
     return opts | cfg.get("method_opts", {}).get(meth, {})
 
 
+def options_for(model: str):
+    """``meth -> options`` that the other benchmarks (finetune, skiptune) give the optimizers for ``model``: the
+    package defaults on digits-edm (as their committed digits tables were made) or on a model not in CONFIG,
+    else :func:`method_options` of its CONFIG entry (so the schedules are those of this table)."""
+    if model == "digits-edm" or model not in CONFIG:
+        return lambda meth: {}
+    return functools.partial(method_options, CONFIG[model])
+
+
 def sample_metric(name: str, x: torch.Tensor) -> float:
     """FD-digits (digits), Fréchet-MNIST (mnist) or ring-mixture NLL (toy2d) of endpoints ``x``."""
-    if name.startswith("digits"):
-        return metrics.frechet_digits(x.float())["fd"]
-    if name.startswith("mnist"):
-        return metrics.frechet_mnist(x.float())["fd"]
+    if name.startswith(("digits", "mnist")):
+        return metrics.frechet_image(x.float(), name.split("-")[0])["fd"]
     from dpmsched.data import mixture_2d
 
     return metrics.gmm_nll(x, mixture_2d("ring"))

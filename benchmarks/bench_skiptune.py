@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-from _common import OUT, command, md_table, metadata, provenance_line, write_json, write_md
-from bench_schedules import CONFIG, method_options
+from _common import command, md_table, metadata, provenance_line, result_stem, write_json, write_md
+from bench_schedules import options_for
 
 from dpmsched import Schedule, data, models, skiptune, solvers
 from dpmsched.files import read_json
@@ -72,8 +72,7 @@ def setup(model: str) -> dict:
     if dataset not in SCORES:
         raise ValueError(f"--model {model!r}: data {dataset!r} has no Fréchet score; expected one of {sorted(SCORES)}")
     return {"model": model, "den": den, "data": dataset, "score": functools.partial(skiptune.fd_score, data=dataset),
-            "stem": "skiptune" if model == MODEL else f"skiptune_{model}",
-            "opts": (lambda m: {}) if model == MODEL or model not in CONFIG else functools.partial(method_options, CONFIG[model])}
+            "stem": result_stem("skiptune", model), "opts": options_for(model)}
 
 
 def fd_at(st, sched, solver, rho_top, rho_bottom, n, seed) -> float:
@@ -109,7 +108,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     st = setup(a.model)
     if a.md_only:
-        return write_report(read_json(OUT / f"{st['stem']}.json", "benchmark results"), st)
+        return write_report(read_json(st["stem"].with_suffix(".json"), "benchmark results"), st)
     torch.set_num_threads(1)
     meta = metadata(command(__file__, argv), threads=1, workers=a.workers)
     if a.redo_methods:
@@ -123,7 +122,7 @@ def main(argv=None):
     result = {**meta, "model": a.model, "n": n, "seed": SEED, "nfes": nfes,
               "per": "skip", "score": SCORES[st["data"]], "karras": [], "optimized": [],
               "optimized_failed": {}}
-    json_path = Path(tempfile.gettempdir()) / f"{st['stem']}_quick.json" if a.quick else OUT / f"{st['stem']}.json"
+    json_path = Path(tempfile.gettempdir()) / f"{st['stem'].name}_quick.json" if a.quick else st["stem"].with_suffix(".json")
 
     def dump():
         write_json(json_path, result)
@@ -156,7 +155,7 @@ def redo_methods(st, methods, workers: int, meta: dict) -> None:
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"--redo-methods: unknown {bad}; expected some of {METHODS}")
-    path = OUT / f"{st['stem']}.json"
+    path = st["stem"].with_suffix(".json")
     result = read_json(path, "benchmark results")
     result["optimized"] = [r for r in result["optimized"] if r["method"] not in methods]
     for m in methods:
@@ -251,7 +250,7 @@ def write_report(r: dict, st: dict, path: Path | None = None):
     base = r["edm_loss"]["1,1"]
     md += md_table(["ρ_top, ρ_bottom", "EDM loss", "vs plain"],
                    [[key, f"{v:.4f}", f"{v / base:.2f}×"] for key, v in r["edm_loss"].items()])
-    write_md(OUT / f"{st['stem']}.md" if path is None else path, md)
+    write_md(st["stem"].with_suffix(".md") if path is None else path, md)
     print("\n".join(md))
 
 

@@ -20,7 +20,8 @@ from .checkpoints import load_model
 from .data import image_set
 
 __all__ = ["truncation_error", "gap_closure", "sliced_wasserstein", "gmm_nll", "frechet_distance", "frechet_digits",
-           "frechet_digits_floor", "digits_features", "frechet_mnist", "frechet_mnist_floor", "image_features"]
+           "frechet_digits_floor", "digits_features", "frechet_mnist", "frechet_mnist_floor", "image_features",
+           "frechet_image"]
 
 
 def _flat(x) -> torch.Tensor:
@@ -222,6 +223,14 @@ def frechet_mnist(samples, reference="test", classifier="mnist-classifier", clam
         lab = torch.as_tensor(labels, dtype=torch.long).reshape(-1).expand(out["n"])
         out["class_accuracy"] = float((out["predicted"] == lab).double().mean())
     return out
+
+
+def frechet_image(samples, data: str = "digits") -> dict:
+    """The Fréchet metric of an image data set by name (:data:`dpmsched.data.IMAGE_SETS`): :func:`frechet_digits`
+    for "digits", :func:`frechet_mnist` for "mnist", each against its test split; an unknown name raises
+    ValueError."""
+    image_set(data)
+    return (frechet_digits if data == "digits" else frechet_mnist)(samples)
 
 
 def frechet_digits_floor(classifier="digits-classifier") -> float:

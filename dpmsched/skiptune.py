@@ -39,7 +39,7 @@ import torch
 
 from . import solvers
 from .denoisers import sigma_like
-from .metrics import frechet_digits, frechet_mnist
+from .metrics import frechet_image
 
 __all__ = ["interpolate_rho", "skip_layout", "skip_scales", "skip_tuning", "SkipTuned", "denoising_loss",
            "grid_search", "fd_score", "RHO_GRID"]
@@ -332,10 +332,7 @@ def fd_score(x, data: str = "digits") -> float:
     digits test split (360 images), in the shipped classifier's features; lower is better.  ``data="mnist"``:
     :func:`dpmsched.metrics.frechet_mnist` (28×28 samples vs the MNIST test split; pass
     ``functools.partial(fd_score, data="mnist")`` as ``score``, it pickles for ``workers > 1``)."""
-    fd = {"digits": frechet_digits, "mnist": frechet_mnist}
-    if data not in fd:
-        raise ValueError(f"fd_score: unknown data {data!r}; expected one of {sorted(fd)}")
-    return float(fd[data](x)["fd"])
+    return float(frechet_image(x, data)["fd"])
 
 
 def grid_search(model, schedule, solver: str = "euler", rho_tops=RHO_GRID, rho_bottoms=RHO_GRID, *,

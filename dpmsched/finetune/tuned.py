@@ -106,8 +106,7 @@ def evaluate(model, schedule, solver: str = "euler", *, pairs=None, dataset: str
         out["nll"] = metrics.gmm_nll(x, mix)
         out["sw"] = metrics.sliced_wasserstein(x, mix.sample(n, torch.Generator().manual_seed(int(seed) + 1)))
     elif dataset in IMAGE_SETS:
-        fd = metrics.frechet_digits if dataset == "digits" else metrics.frechet_mnist
-        out["frechet"] = float(fd(model_samples(model, schedule, solver, n=n, seed=seed))["fd"])
+        out["frechet"] = float(metrics.frechet_image(model_samples(model, schedule, solver, n=n, seed=seed), dataset)["fd"])
     else:
         raise ValueError(f"evaluate: unknown dataset {dataset!r}; expected 'toy2d-*' or one of {sorted(IMAGE_SETS)}")
     return out
