@@ -10,14 +10,17 @@ class accuracy of guided samples.  Same-size reference: FD of 1,000 MNIST traini
 sample size).
 
 Each cell is written as soon as it is done and a re-run skips cells already measured for the same sigmas, so a
-long run can be spread over several sessions (``--nfes 5`` first).  Writes benchmarks/schedules_fd.{json,md}.
+long run can be spread over several sessions (``--nfes 5`` first).  Two runs on disjoint cells (different
+``--models``, ``--nfes`` or ``--solvers``) may share the machine: every write re-reads the file under a lock and
+merges its own cells in.  Writes benchmarks/schedules_fd.{json,md}.
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_schedules_fd.py [--models "mnist-edm,mnist-edm w=2"]
-[--nfes 4,5,6,10] [--n 1000]``.  Cost on this CPU: ~10 ms per sample per network call, twice that guided —
+[--nfes 4,5,6,10] [--solvers euler,dpmpp_2m] [--n 1000]``.  Cost on this CPU: ~10 ms per sample per network call, twice that guided —
 about an hour per unguided entry for every cell.
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import sys
 import time
 
@@ -47,6 +50,20 @@ def measure(den, row: dict, n: int, guided: bool) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
+def save(path, res: dict) -> dict:
+    """Merge ``res`` into the results file at ``path`` (cells and runs of other runs kept) and rewrite the json and
+    md, under an exclusive lock on ``path``.lock so that concurrent runs on disjoint cells lose nothing."""
+    with open(str(path) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cur = read_json(path, "benchmark results") if path.exists() else {}
+        if cur.get("n") == res["n"]:
+            res = {**res, "cells": {**cur["cells"], **res["cells"]},
+                   "references": {**cur.get("references", {}), **res["references"]},
+                   "runs": cur.get("runs", []) + [r for r in res["runs"] if r not in cur.get("runs", [])]}
+        write_outputs(path.with_suffix(""), res, table(res))
+    return res
+
+
 def spearman(a, b) -> float:
     """Spearman rank correlation of two equal-length sequences (no ties expected)."""
     ra, rb = (torch.as_tensor(v, dtype=torch.float64).argsort().argsort().double() for v in (a, b))
@@ -58,6 +75,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="mnist-edm,mnist-edm w=2,mnist-edm w=4", help="MNIST entries of schedules.json")
     p.add_argument("--nfes", default="4,5,6,10", help="NFE cells to measure (comma-separated)")
+    p.add_argument("--solvers", default="euler,dpmpp_2m", help="solvers whose rows are measured (comma-separated)")
     p.add_argument("--n", type=int, default=1000, help="samples per cell (a multiple of 10)")
     p.add_argument("--md-only", action="store_true", help="only rewrite schedules_fd.md from schedules_fd.json")
     a = p.parse_args(argv)
@@ -74,6 +92,10 @@ def main(argv=None) -> int:
     if bad:
         raise ValueError(f"--models {bad}: expected MNIST entries of schedules.json {sorted(k for k in sched_res if k.startswith('mnist'))}")
     nfes = {int(k) for k in a.nfes.split(",")}
+    solver_set = {k for k in a.solvers.split(",") if k}
+    have = {r["solver"] for m in names for r in sched_res[m]["rows"]}
+    if not solver_set or solver_set - have:
+        raise ValueError(f"--solvers {sorted(solver_set - have) or a.solvers!r}: expected some of {sorted(have)}")
     torch.set_num_threads(1)
     runs = old.get("runs", []) + [metadata(command(__file__, argv), threads=1)]
     res = {"n": a.n, "seed": SEED, "cells": dict(old.get("cells", {})) if old.get("n") == a.n else {},
@@ -89,14 +111,15 @@ def main(argv=None) -> int:
     for name in names:
         cfg = CONFIG[name]
         den = load_entry(name, cfg)
-        for row in sched_res[name]["rows"]:
+        for row in sorted(sched_res[name]["rows"], key=lambda r: r["nfe"]):   # whole NFE columns first
             key = cell_key(name, row)
-            if row["nfe"] not in nfes or res["cells"].get(key, {}).get("sigmas") == row["sigmas"]:
+            if (row["nfe"] not in nfes or row["solver"] not in solver_set
+                    or res["cells"].get(key, {}).get("sigmas") == row["sigmas"]):
                 continue
             res["cells"][key] = measure(den, row, a.n, "w" in cfg and cfg["w"] != 0.0)
             print(f"{key}: FD {res['cells'][key]['fd']:.1f} ({res['cells'][key]['seconds']:.0f} s)", flush=True)
-            write_outputs(OUT / "schedules_fd", res, table(res))
-    write_outputs(OUT / "schedules_fd", res, table(res))
+            res = save(path, res)
+    save(path, res)
     return 0
 
 
