@@ -27,26 +27,22 @@ import sys
 
 import torch
 from _common import OUT, command, md_table, metadata, provenance_line, write_outputs
-from bench_schedules import CONFIG, load_entry, method_options
+from bench_schedules import CONFIG, _solve, load_entry, method_options
 
-from dpmsched import solvers
+from dpmsched import metrics
 from dpmsched.files import read_json
 from dpmsched.optimize import optimize
 from dpmsched.optimize import teacher as TT
 
 
-@torch.no_grad()
 def per_latent_mse(model, sched, solver, z, x_ref) -> torch.Tensor:
     """(B,) mean squared endpoint error per latent (data units²) of ``solver`` on ``sched``."""
-    x = solvers.get(solver)(model, sched.sigmas[0] * z, sched).double()
-    return (x - x_ref).pow(2).reshape(len(z), -1).mean(1)
+    return metrics.truncation_error(_solve(model, sched, z, solver), x_ref, per_sample=True).pow(2)
 
 
 def rmse_se(mse: torch.Tensor) -> tuple[float, float]:
-    """RMSE of per-latent MSEs and its standard error (delta method: SE(MSE) / (2 RMSE))."""
-    m = float(mse.mean())
-    se = float(mse.std() / len(mse) ** 0.5)
-    return m ** 0.5, se / (2 * m ** 0.5)
+    """RMSE of per-latent MSEs and its standard error (:func:`dpmsched.metrics.rmse_se`)."""
+    return metrics.rmse_se(mse.sqrt())
 
 
 def fit_cell(model, cfg, solver: str, nfe: int, n: int, zr, xr, hand_mse) -> dict:

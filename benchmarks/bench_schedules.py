@@ -25,7 +25,10 @@ Fréchet-MNIST of the held-out endpoints to the MNIST test split.  Its sizes are
 
 Sizes are chosen for a 2-core shared CPU (digits-edm costs ~5 ms per sample per network call there);
 see CONFIG.  Run: ``.venv/bin/python benchmarks/bench_schedules.py [--models digits-edm,toy2d-edm]``
-(or ``make bench``).  Results are rewritten after every model, so a partial run leaves a valid table.
+(or ``make bench``).  Results are rewritten after every model, so a partial run leaves a valid table;
+``--solvers euler`` re-runs one solver's cells of a model and keeps the others' (same teacher and held-out latents),
+so a long model can be measured over several sessions.  ``direct``, the limit, is started from the best of the cell's
+other schedules and cached in benchmarks/limits.json (:func:`fit_limit`).
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ import sys
 import time
 
 import torch
-from _common import META_KEYS, OUT, command, md_table, metadata, provenance_line, write_outputs
+from _common import META_KEYS, OUT, command, md_table, metadata, provenance_line, write_json, write_outputs
 
 from dpmsched import metrics
 from dpmsched.files import read_json
@@ -43,17 +46,22 @@ from dpmsched.models import load
 from dpmsched.optimize import optimize
 from dpmsched.optimize import teacher as TT
 
-ROWS = ["karras", "hand-tuned", "huang", "bound-prop", "ots", "gits", "ays", "direct"]
+ROWS = ["karras", "hand-tuned", "huang", "bound-prop", "bound-step", "ots", "gits", "ays", "auto", "direct"]
 TRAINING_FREE = ["ots", "gits", "ays"]
-BOUNDS = ["huang", "bound-prop"]
+BOUNDS = ["huang", "bound-prop", "bound-step"]
+#: the methods a solver can be run with (bound-step models the actual step of one-step solvers and 2M only)
+UNSUPPORTED = {"bound-step": ("dpmpp_3m", "unipc")}
+ALL_SOLVERS = {"euler": [3, 4, 5, 6, 8, 10], "dpmpp_2m": [3, 4, 5, 6, 8, 10], "dpmpp_3m": [3, 4, 5, 6, 8, 10],
+               "unipc": [3, 4, 5, 6, 8, 10]}
 #: per model: teacher size, held-out size, reference RK4 steps, direct's budget, solvers → NFE lists
 CONFIG = {
+    # direct's n: the smallest number of training latents from which its held-out error stops improving
+    # (benchmarks/limit.md: toy2d 2M from n = 256, best at 1024 (cheap on the toy); digits from n = 256 — at 32 it
+    # lost to hand-tuned)
     "toy2d-edm": {"n": 128, "grid_points": 128, "heldout": 1024, "ref_steps": 128,
-                  "direct": {"n": 128, "iters": 60, "polish": 200},
-                  "solvers": {"euler": [3, 4, 5, 6, 8, 10], "dpmpp_2m": [3, 4, 5, 6, 8, 10]}},
-    "digits-edm": {"n": 64, "grid_points": 64, "heldout": 128, "ref_steps": 32,
-                   "direct": {"n": 32, "iters": 20, "polish": 40},
-                   "solvers": {"euler": [3, 4, 5, 6, 8, 10], "dpmpp_2m": [3, 4, 5, 6, 8, 10]}},
+                  "direct": {"n": 1024, "iters": 60, "polish": 200}, "solvers": ALL_SOLVERS},
+    "digits-edm": {"n": 64, "grid_points": 64, "heldout": 512, "ref_steps": 32,
+                   "direct": {"n": 256, "iters": 20, "polish": 40}, "solvers": ALL_SOLVERS},
 }
 #: mnist-edm per guidance weight: the same sizes for the three entries
 #: (the issue asks for Fréchet-MNIST of 1,000 samples; on this CPU 1,000 held-out latents × 10 schedules × 8 cells
@@ -109,7 +117,43 @@ def _solve(model, sched, z, solver):
     return solvers.get(solver)(model, sched.sigmas[0] * z, sched).double()
 
 
-def run_model(name: str, cfg: dict) -> dict:
+LIMITS = OUT / "limits.json"
+
+
+def fit_limit(model, name: str, cfg: dict, solver: str, steps: int, others: dict) -> tuple:
+    """(schedule, fit seconds) of the cell's limit: ``direct`` on ``cfg["direct"]["n"]`` training latents (teacher
+    seed 0), started from whichever of the cell's other schedules ``others`` has the lowest RMSE on those latents,
+    Adam then Nelder–Mead (``cfg["direct"]``).  Cached in benchmarks/limits.json per cell and settings: a re-run
+    with the same settings and starting schedule reuses the fit (``meta["cached"]``) and reports its original
+    wall time."""
+    from dpmsched import Schedule
+
+    d = cfg["direct"]
+    T = TT.teacher(model, n=d["n"], grid_points=cfg["grid_points"], seed=0)
+    train = {m: TT.endpoint_error(model, s, T.z, T.x[-1], solver) for m, s in others.items()}
+    start = min(train, key=train.get)
+    key = f"{name}|{solver}|{steps}"
+    want = {**d, "grid_points": cfg["grid_points"], "init": start, "init_sigmas": [float(v) for v in others[start].sigmas]}
+    cache = read_json(LIMITS, "limit cache") if LIMITS.exists() else {"cells": {}}
+    hit = cache["cells"].get(key)
+    if hit is not None and hit["settings"] == want:
+        s = Schedule(hit["sigmas"], "direct", {"init": f"schedule:{start}", "n": d["n"], "cached": True,
+                                               "train_rmse": hit["train_rmse"]})
+        return s, hit["seconds"]
+    t0 = time.perf_counter()
+    s = optimize(model, "direct", steps, solver, **{**method_options(cfg, "direct"), **d, "init": others[start]})
+    wall = time.perf_counter() - t0
+    s.meta.update(init=f"schedule:{start}", n=d["n"], cached=False)
+    cache = read_json(LIMITS, "limit cache") if LIMITS.exists() else {"cells": {}}      # re-read: others may write
+    cache["cells"][key] = {"settings": want, "sigmas": [float(v) for v in s.sigmas], "train_rmse": s.meta["train_rmse"],
+                           "start_train_rmse": train[start], "seconds": wall,
+                           **metadata(command(__file__, sys.argv[1:]), threads=1)}
+    write_json(LIMITS, cache)
+    return s, wall
+
+
+def run_model(name: str, cfg: dict, only=None) -> dict:
+    """Every row of one CONFIG entry (``only``: just these solvers, see :func:`merge_solvers`)."""
     model = load_entry(name, cfg)
     t0 = time.perf_counter()
     TT.teacher(model, n=cfg["n"], grid_points=cfg["grid_points"], seed=0)    # cached: every method below shares it
@@ -121,15 +165,19 @@ def run_model(name: str, cfg: dict) -> dict:
            "metric_reference": sample_metric(name, xr), "rows": []}
     print(f"== {name}: teacher {teacher_s:.1f} s; reference metric {out['metric_reference']:.3f}", flush=True)
     for solver, nfes in cfg["solvers"].items():
+        if only is not None and solver not in only:
+            continue
         for nfe in nfes:
             steps = nfe                                    # Euler and DPM-Solver++(2M): one call per step
             scheds = {}
             for meth in ROWS:
-                opts = method_options(cfg, meth)
+                if solver in UNSUPPORTED.get(meth, ()) or (meth in ("bound-step", "auto") and name.startswith("mnist")):
+                    continue                               # mnist: the CPU budget of CONFIG keeps the PR-18 rows
                 if meth == "direct":
-                    opts.update(cfg["direct"], init=scheds["hand-tuned"][0])
+                    scheds[meth] = fit_limit(model, name, cfg, solver, steps, {k: v[0] for k, v in scheds.items()})
+                    continue
                 t1 = time.perf_counter()
-                s = optimize(model, meth, steps, solver, **opts)
+                s = optimize(model, meth, steps, solver, **method_options(cfg, meth))
                 scheds[meth] = (s, time.perf_counter() - t1)
             if "ays" not in out:                           # AYS's 40-step descent runs once per model (cached)
                 m = scheds["ays"][0].meta
@@ -146,17 +194,21 @@ def run_model(name: str, cfg: dict) -> dict:
                                                        "err": metrics.truncation_error(x, xr),
                                                        "metric": sample_metric(name, x),
                                                        "sigmas": [float(v) for v in s.sigmas]})
-            errs = {}
+            errs, per = {}, {}
             for meth, (s, wall) in scheds.items():
                 x = _solve(model, s, zr, solver)
-                errs[meth] = metrics.truncation_error(x, xr)
-                out["rows"].append({"method": meth, "solver": solver, "nfe": nfe, "err": errs[meth],
+                per[meth] = metrics.truncation_error(x, xr, per_sample=True)
+                errs[meth], se = metrics.rmse_se(per[meth])
+                out["rows"].append({"method": meth, "solver": solver, "nfe": nfe, "err": errs[meth], "err_se": se,
                                     "metric": sample_metric(name, x), "opt_s": wall,
                                     "objective": s.meta.get("objective"), "sigmas": [float(v) for v in s.sigmas]})
+                if meth == "direct":
+                    out["rows"][-1]["limit"] = {k: s.meta.get(k) for k in ("init", "n", "cached", "train_rmse")}
             e_hand, e_dir, e_k = errs["hand-tuned"], errs["direct"], errs["karras"]
             for r in out["rows"][-len(scheds):]:
                 r["ratio_karras"] = r["err"] / e_k
                 r["closure"] = metrics.gap_closure(r["err"], e_hand, e_dir)
+                r["vs_limit"], r["vs_limit_se"] = metrics.paired_rmse_difference(per[r["method"]], per["direct"])
             print(f"   {solver} NFE {nfe}: " + "  ".join(f"{m} {e:.4f}" for m, e in errs.items()), flush=True)
     return out
 
@@ -201,7 +253,7 @@ def targets(res: dict) -> dict:
         rows = {r["method"]: r for r in d["rows"] if r["solver"] == solver and r["nfe"] == 5}
         if not rows:
             continue
-        best = min(BOUNDS, key=lambda m: rows[m]["err"])
+        best = min((m for m in BOUNDS if m in rows), key=lambda m: rows[m]["err"])
         peer = min(rows[m]["err"] for m in TRAINING_FREE)
         cl = rows[best]["closure"]
         lc = d.get("limit_check", {})
@@ -213,6 +265,68 @@ def targets(res: dict) -> dict:
                        "closure_source": "limit check" if lc.get("cell") == f"digits-edm:{solver}:5" else "table",
                        "closure_ge_0.9": cl is not None and cl >= 0.9, "le_every_peer": rows[best]["err"] <= peer}
     return out
+
+
+def cell_rows(d: dict) -> dict:
+    """{(solver, nfe): {method: row}} of one model's results."""
+    out = {}
+    for r in d["rows"]:
+        out.setdefault((r["solver"], r["nfe"]), {})[r["method"]] = r
+    return out
+
+
+def issue_targets(res: dict, models=("digits-edm", "toy2d-edm"), slack: float = 0.03) -> dict:
+    """The optimizer issue's targets per model, over every (solver, NFE) cell with paired standard errors:
+    (a) the limit (``direct``) is ≤ every method within one paired SE; (b) per solver, the best error-bound
+    method (:data:`BOUNDS`, no measured-error polish) closes ≥ 90 % of the hand-tuned → limit gap and is ≤ every
+    training-free peer; (c) ``auto`` is ≤ every other method but the limit and within ``slack`` of the limit."""
+    out = {}
+    for name in models:
+        if name not in res or not any("vs_limit" in r for r in res[name]["rows"]):
+            continue
+        cells = cell_rows(res[name])
+        a_fail, b, c_fail = [], {}, []
+        for (solver, nfe), rows in cells.items():
+            worst = min((r for m, r in rows.items() if m != "direct"), key=lambda r: r["vs_limit"] / max(r["vs_limit_se"], 1e-300))
+            if worst["vs_limit"] < -worst["vs_limit_se"]:
+                a_fail.append(f"{solver} NFE {nfe}: {worst['method']} {worst['vs_limit']:+.4f} ± {worst['vs_limit_se']:.4f}")
+            best = min((m for m in BOUNDS if m in rows), key=lambda m: rows[m]["err"])
+            peer = min(rows[m]["err"] for m in TRAINING_FREE)
+            cl = rows[best]["closure"]
+            ok = cl is not None and cl >= 0.9 and rows[best]["err"] <= peer
+            b.setdefault(solver, []).append({"nfe": nfe, "method": best, "closure": cl, "le_peers": rows[best]["err"] <= peer,
+                                             "met": ok})
+            if "auto" in rows:
+                e = rows["auto"]["err"]
+                beaten = [m for m, r in rows.items() if m not in ("auto", "direct") and r["err"] < e]
+                if beaten or e > (1 + slack) * rows["direct"]["err"]:
+                    c_fail.append(f"{solver} NFE {nfe}: auto {e:.4f} vs limit {rows['direct']['err']:.4f}"
+                                  + (f", beaten by {', '.join(beaten)}" if beaten else ""))
+        auto5 = cells.get(("euler", 5), {}).get("auto")
+        out[name] = {"cells": len(cells), "limit_fails": a_fail, "bound": b, "auto_fails": c_fail,
+                     "auto_opt_s_euler5": None if auto5 is None else auto5["opt_s"]}
+    return out
+
+
+def issue_targets_md(tg: dict) -> list[str]:
+    """The 'Targets' section of schedules.md from :func:`issue_targets`."""
+    if not tg:
+        return []
+    md = ["## Targets (every cell, paired standard errors)", ""]
+    for name, t in tg.items():
+        md.append(f"- **{name}** ({t['cells']} cells). (a) limit ≤ every method within one paired SE: "
+                  + ("met" if not t["limit_fails"] else f"NOT met in {len(t['limit_fails'])} ({'; '.join(t['limit_fails'])})"))
+        for solver, cells in t["bound"].items():
+            met = sum(c["met"] for c in cells)
+            md.append(f"  - (b) {solver}: best bound method closes ≥ 90 % and is ≤ every training-free peer in "
+                      f"{met}/{len(cells)} cells ("
+                      + ", ".join(f"NFE {c['nfe']} {c['method']} {_fmt(c['closure'], '.2f')}{'' if c['le_peers'] else '*'}"
+                                  for c in sorted(cells, key=lambda c: c["nfe"])) + "; * = a peer is better)")
+        md.append("  - (c) auto ≤ every other method and within 3 % of the limit: "
+                  + ("met" if not t["auto_fails"] else f"NOT met in {len(t['auto_fails'])} ({'; '.join(t['auto_fails'])})")
+                  + ("" if t["auto_opt_s_euler5"] is None else
+                     f"; wall time at Euler NFE 5 {t['auto_opt_s_euler5']:.1f} s (teacher cached; teacher time in the header)"))
+    return md + [""]
 
 
 #: the findings of the README checked on every model: (label, test on one cell's {method: err} -> (holds, number))
@@ -314,7 +428,8 @@ def _fmt(v, f):
 
 def write(res: dict, meta: dict) -> None:
     tg = targets(res)
-    payload = {**meta, "results": res, "targets_digits_nfe5": tg}
+    itg = issue_targets(res)
+    payload = {**meta, "results": res, "targets_digits_nfe5": tg, "targets": itg}
     md = ["# Schedules: every method vs the same held-out limit", "",
           f"{provenance_line(meta)} Each model's own run: see its header.", "",
           "err: held-out RMSE vs an RK4 reference (data units); /karras: ratio to Karras-ρ7 in the same run; "
@@ -332,6 +447,7 @@ def write(res: dict, meta: dict) -> None:
                       f"best training-free peer err {t['best_peer_err']:.4f} (≤ every peer: "
                       f"{'met' if t['le_every_peer'] else 'NOT met'})")
         md.append("")
+    md += issue_targets_md(itg)
     md += transfer_section(res)
     for d in res.values():
         if "limit_check" in d:
@@ -349,18 +465,32 @@ def write(res: dict, meta: dict) -> None:
                f"{d['teacher_s']:.1f} s. Held-out: {d['heldout']['n']} latents (seed 1), reference "
                f"{d['heldout']['reference']}. Metric: {d['metric_name']}; of the reference endpoints: "
                f"{d['metric_reference']:.3f}.", ""]
+        if d.get("solver_runs"):
+            md += ["Rows by run (same teacher and held-out latents): " + "; ".join(
+                f"{s}: `{r['command']}`, commit {r['git_commit']}, {r['date']}" for s, r in d["solver_runs"].items()), ""]
         for solver in dict.fromkeys(r["solver"] for r in d["rows"]):
             rows = [r for r in d["rows"] if r["solver"] == solver]
             nfes = sorted({r["nfe"] for r in rows})
             cell = {(r["method"], r["nfe"]): r for r in rows}
             cols = [f"NFE {n}" for n in nfes]
-            wall = {m: cell[m, 5 if 5 in nfes else nfes[0]]["opt_s"] for m in ROWS}
+            methods = [m for m in ROWS if any((m, n) in cell for n in nfes)]
+            n0 = 5 if 5 in nfes else nfes[0]
+            wall = {m: _fmt(cell.get((m, n0), {}).get("opt_s"), ".2f") for m in methods}
+
+            def fmt(m, n, f, cell=cell):
+                return f(cell[m, n]) if (m, n) in cell else "—"
             md += [f"### {solver}: held-out error (/karras, closure)", ""]
             md += md_table(["method", *cols, "opt s (NFE 5 or first)"], [
-                [m, *(f"{cell[m, n]['err']:.4f} ({cell[m, n]['ratio_karras']:.2f}, {_fmt(cell[m, n]['closure'], '.2f')})"
-                      for n in nfes), f"{wall[m]:.2f}"] for m in ROWS])
+                [m, *(fmt(m, n, lambda r: f"{r['err']:.4f} ({r['ratio_karras']:.2f}, {_fmt(r['closure'], '.2f')})")
+                      for n in nfes), wall[m]] for m in methods])
             md += ["", f"{d['metric_name']} of the held-out endpoints:", ""]
-            md += md_table(["method", *cols], [[m, *(f"{cell[m, n]['metric']:.3f}" for n in nfes)] for m in ROWS])
+            md += md_table(["method", *cols], [[m, *(fmt(m, n, lambda r: f"{r['metric']:.3f}") for n in nfes)]
+                                               for m in methods])
+            if any("vs_limit" in r for r in rows):
+                md += ["", "Paired difference against the limit on the same held-out latents, err − err(direct) "
+                       "± its standard error (negative beyond one SE: the limit is beaten):", ""]
+                md += md_table(["method", *cols], [[m, *(fmt(m, n, lambda r: f"{r['vs_limit']:+.4f} ± {r['vs_limit_se']:.4f}")
+                                                         for n in nfes)] for m in methods if m != "direct"])
             md.append("")
         if d.get("variants"):
             var = {(v["variant"], v["solver"], v["nfe"]): f"{v['err']:.4f} / {v['metric']:.3f}" for v in d["variants"]}
@@ -378,6 +508,24 @@ def write(res: dict, meta: dict) -> None:
     write_outputs(OUT / "schedules", payload, md)
 
 
+PROTOCOL_KEYS = ("teacher", "heldout", "metric_name")
+
+
+def merge_solvers(old: dict | None, new: dict, only: list[str], run: dict) -> dict:
+    """One model's entry after a run of only the solvers ``only``: its rows and variants, plus those of the other
+    solvers from ``old`` when ``old`` used the same protocol (teacher, held-out set, metric — so every cell is still
+    judged on the same latents); ``solver_runs`` records which run made each solver's rows.  With a different
+    protocol the old rows are dropped (they could not be compared)."""
+    same = old is not None and all(old.get(k) == new.get(k) for k in PROTOCOL_KEYS)
+    keep = (lambda r: r["solver"] not in only) if same else (lambda r: False)
+    out = {**new, "rows": [r for r in (old["rows"] if same else []) if keep(r)] + new["rows"],
+           "variants": [v for v in (old.get("variants", []) if same else []) if keep(v)] + new.get("variants", []),
+           "solver_runs": {**(old.get("solver_runs", {}) if same else {}), **{s: run for s in only}}}
+    if same and "ays" in old and "ays" not in new:
+        out["ays"] = old["ays"]
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="toy2d-edm,digits-edm", help="comma-separated subset of CONFIG")
@@ -389,6 +537,8 @@ def main(argv=None) -> int:
     p.add_argument("--limit-iters", type=int, default=40, help="Adam steps of the limit check")
     p.add_argument("--limit-polish", type=int, default=100, help="Nelder-Mead evaluations of the limit check")
     p.add_argument("--md-only", action="store_true", help="only rewrite schedules.md from schedules.json")
+    p.add_argument("--solvers", default="", help="comma-separated subset of the entry's solvers; the rows of the "
+                   "others are kept from schedules.json when it used the same teacher and held-out set")
     a = p.parse_args(argv)
     names = [m for m in a.models.split(",") if m]
     bad = [m for m in names if m not in CONFIG]
@@ -399,7 +549,8 @@ def main(argv=None) -> int:
     res, prev = {}, OUT / "schedules.json"
     if a.md_only:
         old_payload = read_json(prev, "benchmark results")
-        write(old_payload["results"], {k: v for k, v in old_payload.items() if k not in ("results", "targets_digits_nfe5")})
+        write(old_payload["results"], {k: v for k, v in old_payload.items()
+                                       if k not in ("results", "targets_digits_nfe5", "targets")})
         return 0
     if a.limit_check:
         old_payload = read_json(prev, "benchmark results")
@@ -408,10 +559,16 @@ def main(argv=None) -> int:
         keep = {k: old_payload[k] for k in (*META_KEYS, "config") if k in old_payload}
         write(res, {**keep, "limit_check_command": meta["command"]})
         return 0
+    only = [v for v in a.solvers.split(",") if v] or None
     for name in names:
-        res[name] = {**{k: meta[k] for k in META_KEYS}, **run_model(name, CONFIG[name])}
-        if a.keep_others and prev.exists():              # models not re-run keep their earlier rows
-            old = read_json(prev, "benchmark results")["results"]
+        if only is not None and set(only) - set(CONFIG[name]["solvers"]):
+            raise ValueError(f"--solvers {sorted(set(only) - set(CONFIG[name]['solvers']))} not in {name}'s "
+                             f"solvers {list(CONFIG[name]['solvers'])}")
+        res[name] = {**{k: meta[k] for k in META_KEYS}, **run_model(name, CONFIG[name], only)}
+        old = read_json(prev, "benchmark results")["results"] if prev.exists() else {}
+        if only is not None:
+            res[name] = merge_solvers(old.get(name), res[name], only, {k: meta[k] for k in META_KEYS})
+        if a.keep_others:                                # models not re-run keep their earlier rows
             res = {**{k: v for k, v in old.items() if k not in names}, **res}
         write(res, meta)
     return 0

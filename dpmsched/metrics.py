@@ -19,7 +19,7 @@ import torch
 from .checkpoints import load_model
 from .data import image_set
 
-__all__ = ["truncation_error", "gap_closure", "sliced_wasserstein", "gmm_nll", "frechet_distance", "frechet_digits",
+__all__ = ["truncation_error", "rmse_se", "paired_rmse_difference", "gap_closure", "sliced_wasserstein", "gmm_nll", "frechet_distance", "frechet_digits",
            "frechet_digits_floor", "digits_features", "frechet_mnist", "frechet_mnist_floor", "image_features",
            "frechet_image"]
 
@@ -41,6 +41,27 @@ def truncation_error(x: torch.Tensor, x_ref: torch.Tensor, per_sample: bool = Fa
     if not torch.isfinite(d2).all():
         raise ValueError("truncation_error got NaN/Inf samples")
     return d2.mean(1).sqrt() if per_sample else float(d2.mean().sqrt())
+
+
+def rmse_se(per_sample: torch.Tensor) -> tuple[float, float]:
+    """(RMSE, its standard error) from per-sample RMSEs r_b (B,) (``truncation_error(..., per_sample=True)``):
+    RMSE = √(mean_b r_b²); SE by the delta method, SE(mean r²) / (2 RMSE) (data units)."""
+    m2 = torch.as_tensor(per_sample, dtype=torch.float64).pow(2)
+    rmse = float(m2.mean().sqrt())
+    return rmse, float(m2.std() / len(m2) ** 0.5) / (2 * rmse) if rmse > 0 else 0.0
+
+
+def paired_rmse_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """(RMSE_a − RMSE_b, its paired standard error) from per-sample RMSEs of two methods on the *same* samples
+    (B,) each.  Exact identity RMSE_a − RMSE_b = mean_b(a_b² − b_b²) / (RMSE_a + RMSE_b); the SE is that of the
+    mean paired difference of squared errors over the same denominator — far smaller than the two unpaired SEs
+    when both methods fail on the same latents."""
+    a2, b2 = (torch.as_tensor(v, dtype=torch.float64).pow(2) for v in (a, b))
+    if a2.shape != b2.shape:
+        raise ValueError(f"paired samples must have the same shape, got {tuple(a2.shape)} and {tuple(b2.shape)}")
+    den = float(a2.mean().sqrt() + b2.mean().sqrt())
+    d = a2 - b2
+    return (float(d.mean()) / den, float(d.std() / len(d) ** 0.5) / den) if den > 0 else (0.0, 0.0)
 
 
 def gap_closure(error: float, error_hand: float, error_limit: float, tol: float = 1e-12) -> float | None:

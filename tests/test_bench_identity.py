@@ -16,8 +16,8 @@ from dpmsched.optimize import optimize
 from dpmsched.resources import benchmark_file
 
 BENCH = json.loads(benchmark_file("schedules.json").read_text())
-CELLS = [("euler", 4, m) for m in ("karras", "huang", "bound-prop", "ots", "gits")] + \
-        [("dpmpp_2m", 5, m) for m in ("bound-prop", "ots", "gits")] + \
+CELLS = [("euler", 4, m) for m in ("karras", "huang", "bound-prop", "bound-step", "ots", "gits")] + \
+        [("dpmpp_2m", 5, m) for m in ("bound-prop", "bound-step", "ots", "gits")] + \
         sorted({(r["solver"], r["nfe"], "hand-tuned") for r in BENCH["results"]["toy2d-edm"]["rows"]})   # the package's
         # hand-tuned (dpmsched.optimize.direct.RHOS) is the benchmark's, in every cell
 

@@ -28,9 +28,11 @@ __all__ = ["direct", "fit_logits", "karras_tuned", "hand_tuned"]
 
 def fit_logits(model, z0: np.ndarray, z_train: torch.Tensor, x_train: torch.Tensor, lo: float, hi: float,
                solver: str = "euler", iters: int = 150, lr: float = 0.05, batch: int = 128,
-               seed: int = 0, progress: bool = False, **solver_opts):
+               seed: int = 0, progress: bool = False, callback=None, **solver_opts):
     """Adam on the logits ξ (init ``z0`` (N,)) of the mean squared endpoint error; returns
-    (best ξ, its training loss, loss history).  ``z_train``/``x_train`` (B, *event): latents and targets."""
+    (best σ, its training loss, loss history).  ``z_train``/``x_train`` (B, *event): latents and targets.
+    ``callback(k, ξ)`` (optional) is called after Adam step k with the new logits (a detached copy); a true
+    return value stops the descent (early stopping, :func:`dpmsched.optimize.auto.auto`)."""
     fn = solvers.get(solver)
     xi = torch.tensor(np.asarray(z0, dtype=np.float64), requires_grad=True)
     opt = torch.optim.Adam([xi], lr=lr)
@@ -42,7 +44,7 @@ def fit_logits(model, z0: np.ndarray, z_train: torch.Tensor, x_train: torch.Tens
         from tqdm.auto import tqdm
 
         it = tqdm(it, desc="direct", leave=False)
-    for _ in it:
+    for k in it:
         idx = torch.randperm(B, generator=gen)[:batch] if batch < B else torch.arange(B)
         s = theory.softmax_cumsum_sigmas_torch(xi, lo, hi)
         out = fn(model, s[0] * z_train[idx], s, **solver_opts)
@@ -53,6 +55,8 @@ def fit_logits(model, z0: np.ndarray, z_train: torch.Tensor, x_train: torch.Tens
         hist.append(float(loss.detach()))
         if batch >= B and hist[-1] < best_loss:     # full batch: the loss is of the pre-step ξ
             best_loss, best = hist[-1], s.detach().clone()
+        if callback is not None and callback(k, xi.detach().clone()):
+            break
     if batch < B or not np.isfinite(best_loss):
         with torch.no_grad():
             s = theory.softmax_cumsum_sigmas_torch(xi, lo, hi)
