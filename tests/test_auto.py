@@ -1,6 +1,8 @@
 """``method="auto"``: never worse than any of its candidates on the validation latents (by construction, checked
 for several models, solvers and step counts), the polish only moves when validation improves, and the command
 prints the held-out comparison against Karras-ρ7."""
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -47,4 +49,5 @@ def test_cli_auto_prints_the_heldout_comparison(tmp_path, capsys):
                  "--opt", "n=24", "--opt", "grid_points=24", "--opt", "n_val=24", "--opt", "polish=20"]) == 0
     err = capsys.readouterr().err
     assert "held-out (256 latents, seed 1), euler with 4 steps: auto RMSE" in err and "Karras-rho7" in err
+    assert re.search(r"chosen from [\w.-]+(, polished)?; \d+\.\d s", err), err      # and its wall time
     assert out.is_file()

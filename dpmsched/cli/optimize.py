@@ -28,7 +28,8 @@ def heldout_comparison(model, sched, solver: str, used_seeds, n: int = 256) -> s
     k = endpoint_error(model, Schedule.karras(sched.steps, lo, hi), z, x_ref, solver)
     return (f"held-out ({n} latents, seed {seed}), {solver} with {sched.steps} steps: {sched.name} RMSE {e:.4g} vs "
             f"Karras-rho7 {k:.4g} ({e / k:.2f}x); chosen from {sched.meta.get('choice')}"
-            + (", polished" if sched.meta.get("polished") else ""))
+            + (", polished" if sched.meta.get("polished") else "")
+            + (f"; {sched.meta['seconds']:.1f} s" if "seconds" in sched.meta else ""))
 
 
 def main(argv: list[str]) -> int:
