@@ -11,7 +11,7 @@ sample size).
 
 Each cell is written as soon as it is done and a re-run skips cells already measured for the same sigmas, so a
 long run can be spread over several sessions (``--nfes 5`` first).  Two runs on disjoint cells (different
-``--models``, ``--nfes`` or ``--solvers``) may share the machine: every write re-reads the file under a lock and
+``--models``, ``--nfes``, ``--solvers`` or ``--methods``) may share the machine: every write re-reads the file under a lock and
 merges its own cells in.  Writes benchmarks/schedules_fd.{json,md}.
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_schedules_fd.py [--models "mnist-edm,mnist-edm w=2"]
 [--nfes 4,5,6,10] [--solvers euler,dpmpp_2m] [--n 1000]``.  Cost on this CPU: ~10 ms per sample per network call, twice that guided —
@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="mnist-edm,mnist-edm w=2,mnist-edm w=4", help="MNIST entries of schedules.json")
     p.add_argument("--nfes", default="4,5,6,10", help="NFE cells to measure (comma-separated)")
     p.add_argument("--solvers", default="euler,dpmpp_2m", help="solvers whose rows are measured (comma-separated)")
+    p.add_argument("--methods", default="", help="only these methods' rows (comma-separated; default: all)")
     p.add_argument("--n", type=int, default=1000, help="samples per cell (a multiple of 10)")
     p.add_argument("--md-only", action="store_true", help="only rewrite schedules_fd.md from schedules_fd.json")
     a = p.parse_args(argv)
@@ -93,6 +94,9 @@ def main(argv=None) -> int:
         raise ValueError(f"--models {bad}: expected MNIST entries of schedules.json {sorted(k for k in sched_res if k.startswith('mnist'))}")
     nfes = {int(k) for k in a.nfes.split(",")}
     solver_set = {k for k in a.solvers.split(",") if k}
+    method_set = {k for k in a.methods.split(",") if k} or set(ROWS)
+    if method_set - set(ROWS):
+        raise ValueError(f"--methods {sorted(method_set - set(ROWS))}: expected some of {ROWS}")
     have = {r["solver"] for m in names for r in sched_res[m]["rows"]}
     if not solver_set or solver_set - have:
         raise ValueError(f"--solvers {sorted(solver_set - have) or a.solvers!r}: expected some of {sorted(have)}")
@@ -113,7 +117,7 @@ def main(argv=None) -> int:
         den = load_entry(name, cfg)
         for row in sorted(sched_res[name]["rows"], key=lambda r: r["nfe"]):   # whole NFE columns first
             key = cell_key(name, row)
-            if (row["nfe"] not in nfes or row["solver"] not in solver_set
+            if (row["nfe"] not in nfes or row["solver"] not in solver_set or row["method"] not in method_set
                     or res["cells"].get(key, {}).get("sigmas") == row["sigmas"]):
                 continue
             res["cells"][key] = measure(den, row, a.n, "w" in cfg and cfg["w"] != 0.0)
