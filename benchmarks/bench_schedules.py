@@ -45,12 +45,11 @@ from dpmsched.files import read_json
 from dpmsched.models import load
 from dpmsched.optimize import optimize
 from dpmsched.optimize import teacher as TT
+from dpmsched.optimize.bound_step import SUPPORTED as STEP_SOLVERS
 
 ROWS = ["karras", "hand-tuned", "huang", "bound-prop", "bound-step", "ots", "gits", "ays", "auto", "direct"]
 TRAINING_FREE = ["ots", "gits", "ays"]
 BOUNDS = ["huang", "bound-prop", "bound-step"]
-#: the methods a solver can be run with (bound-step models the actual step of one-step solvers and 2M only)
-UNSUPPORTED = {"bound-step": ("dpmpp_3m", "unipc")}
 ALL_SOLVERS = {"euler": [3, 4, 5, 6, 8, 10], "dpmpp_2m": [3, 4, 5, 6, 8, 10], "dpmpp_3m": [3, 4, 5, 6, 8, 10],
                "unipc": [3, 4, 5, 6, 8, 10]}
 #: per model: teacher size, held-out size, reference RK4 steps, direct's budget, solvers → NFE lists
@@ -120,6 +119,11 @@ def _solve(model, sched, z, solver):
 LIMITS = OUT / "limits.json"
 
 
+def _read_limits() -> dict:
+    """The limit cache benchmarks/limits.json (``{"cells": {}}`` before the first fit)."""
+    return read_json(LIMITS, "limit cache") if LIMITS.exists() else {"cells": {}}
+
+
 def fit_limit(model, name: str, cfg: dict, solver: str, steps: int, others: dict) -> tuple:
     """(schedule, fit seconds) of the cell's limit: ``direct`` on ``cfg["direct"]["n"]`` training latents (teacher
     seed 0), started from whichever of the cell's other schedules ``others`` has the lowest RMSE on those latents,
@@ -134,8 +138,7 @@ def fit_limit(model, name: str, cfg: dict, solver: str, steps: int, others: dict
     start = min(train, key=train.get)
     key = f"{name}|{solver}|{steps}"
     want = {**d, "grid_points": cfg["grid_points"], "init": start, "init_sigmas": [float(v) for v in others[start].sigmas]}
-    cache = read_json(LIMITS, "limit cache") if LIMITS.exists() else {"cells": {}}
-    hit = cache["cells"].get(key)
+    hit = _read_limits()["cells"].get(key)
     if hit is not None and hit["settings"] == want:
         s = Schedule(hit["sigmas"], "direct", {"init": f"schedule:{start}", "n": d["n"], "cached": True,
                                                "train_rmse": hit["train_rmse"]})
@@ -144,7 +147,7 @@ def fit_limit(model, name: str, cfg: dict, solver: str, steps: int, others: dict
     s = optimize(model, "direct", steps, solver, **{**method_options(cfg, "direct"), **d, "init": others[start]})
     wall = time.perf_counter() - t0
     s.meta.update(init=f"schedule:{start}", n=d["n"], cached=False)
-    cache = read_json(LIMITS, "limit cache") if LIMITS.exists() else {"cells": {}}      # re-read: others may write
+    cache = _read_limits()                                  # re-read: another run may have written meanwhile
     cache["cells"][key] = {"settings": want, "sigmas": [float(v) for v in s.sigmas], "train_rmse": s.meta["train_rmse"],
                            "start_train_rmse": train[start], "seconds": wall,
                            **metadata(command(__file__, sys.argv[1:]), threads=1)}
@@ -171,7 +174,9 @@ def run_model(name: str, cfg: dict, only=None) -> dict:
             steps = nfe                                    # Euler and DPM-Solver++(2M): one call per step
             scheds = {}
             for meth in ROWS:
-                if solver in UNSUPPORTED.get(meth, ()) or (meth in ("bound-step", "auto") and name.startswith("mnist")):
+                if meth == "bound-step" and solver not in STEP_SOLVERS:
+                    continue                               # it models the actual step of one-step solvers and 2M only
+                if meth in ("bound-step", "auto") and name.startswith("mnist"):
                     continue                               # mnist: the CPU budget of CONFIG keeps the PR-18 rows
                 if meth == "direct":
                     scheds[meth] = fit_limit(model, name, cfg, solver, steps, {k: v[0] for k, v in scheds.items()})
@@ -516,13 +521,12 @@ def merge_solvers(old: dict | None, new: dict, only: list[str], run: dict) -> di
     solvers from ``old`` when ``old`` used the same protocol (teacher, held-out set, metric — so every cell is still
     judged on the same latents); ``solver_runs`` records which run made each solver's rows.  With a different
     protocol the old rows are dropped (they could not be compared)."""
-    same = old is not None and all(old.get(k) == new.get(k) for k in PROTOCOL_KEYS)
-    keep = (lambda r: r["solver"] not in only) if same else (lambda r: False)
-    out = {**new, "rows": [r for r in (old["rows"] if same else []) if keep(r)] + new["rows"],
-           "variants": [v for v in (old.get("variants", []) if same else []) if keep(v)] + new.get("variants", []),
-           "solver_runs": {**(old.get("solver_runs", {}) if same else {}), **{s: run for s in only}}}
-    if same and "ays" in old and "ays" not in new:
-        out["ays"] = old["ays"]
+    prev = old if old is not None and all(old.get(k) == new.get(k) for k in PROTOCOL_KEYS) else {}
+    out = {**new, **{k: [r for r in prev.get(k, []) if r["solver"] not in only] + new.get(k, [])
+                     for k in ("rows", "variants")},
+           "solver_runs": {**prev.get("solver_runs", {}), **{s: run for s in only}}}
+    if "ays" in prev and "ays" not in new:
+        out["ays"] = prev["ays"]
     return out
 
 

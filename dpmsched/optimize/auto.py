@@ -119,18 +119,17 @@ def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points:
 
     adam_iters, evals = 0, 0
     if adam > 0 and steps > 1:
-        st = {"since": 0, "k": 0}
+        st = {"since": 0}
 
         def on_step(k, xi):
-            st["k"] = k + 1
             if (k + 1) % adam_every:
                 return False
             st["since"] = checkpoint(theory.softmax_cumsum_sigmas(xi.numpy(), lo, hi), st["since"])
             return st["since"] >= patience
 
-        fit_logits(model, theory.logits_of_sigmas(best["sig"]), T.z, T.x[-1], lo, hi, solver, iters=adam, lr=lr,
-                   batch=T.z.shape[0], seed=seed, callback=on_step, **solver_opts)
-        adam_iters = st["k"]
+        _, _, hist = fit_logits(model, theory.logits_of_sigmas(best["sig"]), T.z, T.x[-1], lo, hi, solver, iters=adam,
+                                lr=lr, batch=T.z.shape[0], seed=seed, callback=on_step, **solver_opts)
+        adam_iters = len(hist)                             # one loss per Adam step taken
     if polish > 0 and steps > 1:
         from scipy.optimize import minimize
 
