@@ -247,31 +247,6 @@ def limit_check(res: dict, spec: str, n: int, iters: int, polish: int) -> None:
     print(f"limit check {spec}: direct (n={n}) held-out err {e:.4f} vs hand-tuned {e_hand:.4f}", flush=True)
 
 
-def targets(res: dict) -> dict:
-    """The issue's targets on digits-edm at NFE 5, per solver present: best bound method's closure
-    ≥ 0.9 and its error ≤ every training-free peer's."""
-    d = res.get("digits-edm")
-    if d is None:
-        return {}
-    out = {}
-    for solver in sorted({r["solver"] for r in d["rows"]}):
-        rows = {r["method"]: r for r in d["rows"] if r["solver"] == solver and r["nfe"] == 5}
-        if not rows:
-            continue
-        best = min((m for m in BOUNDS if m in rows), key=lambda m: rows[m]["err"])
-        peer = min(rows[m]["err"] for m in TRAINING_FREE)
-        cl = rows[best]["closure"]
-        lc = d.get("limit_check", {})
-        e_lim = rows["direct"]["err"]
-        if lc.get("cell") == f"digits-edm:{solver}:5":          # the stronger limit, where measured
-            cl, e_lim = lc["closure"][best], lc["err"]
-        out[solver] = {"best_bound_method": best, "closure": cl, "err": rows[best]["err"], "best_peer_err": peer,
-                       "gap_rel": (rows["hand-tuned"]["err"] - e_lim) / rows["hand-tuned"]["err"],
-                       "closure_source": "limit check" if lc.get("cell") == f"digits-edm:{solver}:5" else "table",
-                       "closure_ge_0.9": cl is not None and cl >= 0.9, "le_every_peer": rows[best]["err"] <= peer}
-    return out
-
-
 def cell_rows(d: dict) -> dict:
     """{(solver, nfe): {method: row}} of one model's results."""
     out = {}
@@ -299,8 +274,8 @@ def issue_targets(res: dict, models=("digits-edm", "toy2d-edm"), slack: float = 
             peer = min(rows[m]["err"] for m in TRAINING_FREE)
             cl = rows[best]["closure"]
             ok = cl is not None and cl >= 0.9 and rows[best]["err"] <= peer
-            b.setdefault(solver, []).append({"nfe": nfe, "method": best, "closure": cl, "le_peers": rows[best]["err"] <= peer,
-                                             "met": ok})
+            b.setdefault(solver, []).append({"nfe": nfe, "method": best, "closure": cl, "err": rows[best]["err"],
+                                             "best_peer_err": peer, "le_peers": rows[best]["err"] <= peer, "met": ok})
             if "auto" in rows:
                 e = rows["auto"]["err"]
                 beaten = [m for m, r in rows.items() if m not in ("auto", "direct") and r["err"] < e]
@@ -432,9 +407,7 @@ def _fmt(v, f):
 
 
 def write(res: dict, meta: dict) -> None:
-    tg = targets(res)
-    itg = issue_targets(res)
-    payload = {**meta, "results": res, "targets_digits_nfe5": tg, "targets": itg}
+    payload = {**meta, "results": res, "targets": issue_targets(res)}
     md = ["# Schedules: every method vs the same held-out limit", "",
           f"{provenance_line(meta)} Each model's own run: see its header.", "",
           "err: held-out RMSE vs an RK4 reference (data units); /karras: ratio to Karras-ρ7 in the same run; "
@@ -443,16 +416,7 @@ def write(res: dict, meta: dict) -> None:
           "wall time on this CPU with the teacher already cached (teacher time in each model's header). "
           "closure is — where E_direct ≥ E_hand on held-out noise: the direct fit (on few training latents, "
           "see CONFIG) did not generalise better than the hand-tuned pick, so there is no measured gap.", ""]
-    if tg:
-        md += ["## Targets (digits-edm, NFE 5)", ""]
-        for solver, t in tg.items():
-            md.append(f"- {solver}: best bound method `{t['best_bound_method']}` err {t['err']:.4f}, closure "
-                      f"{_fmt(t['closure'], '.2f')} ({t['closure_source']}; the gap E_hand − E_direct is "
-                      f"{100 * t['gap_rel']:.1f} % of E_hand; ≥ 0.90: {'met' if t['closure_ge_0.9'] else 'NOT met'}); "
-                      f"best training-free peer err {t['best_peer_err']:.4f} (≤ every peer: "
-                      f"{'met' if t['le_every_peer'] else 'NOT met'})")
-        md.append("")
-    md += issue_targets_md(itg)
+    md += issue_targets_md(payload["targets"])
     md += transfer_section(res)
     for d in res.values():
         if "limit_check" in d:

@@ -129,11 +129,12 @@ def headline_markdown(rows: list[dict], info: dict, nfes=HEADLINE_NFES, solver: 
     models = list(dict.fromkeys(r["model"] for r in rows))
     has_fd = {m: any(r.get("fd") is not None for r in rows if r["model"] == m) for m in models}
     for model in sorted(models, key=lambda m: not has_fd[m]):          # image models first
-        m_run = info.get("models", {}).get(model, info)
-        out += [f"*{model}: measured by `{m_run.get('command', 'make bench')}` at commit "
-                f"{m_run.get('git_commit', m_run.get('commit', '?'))}, {m_run.get('date', '?')}.*", ""]
         solvers = list(dict.fromkeys(r["solver"] for r in rows if r["model"] == model))
         s = solver if solver in solvers else solvers[0]
+        m_run = info.get("models", {}).get(model, info)
+        m_run = m_run.get("solver_runs", {}).get(s, m_run)     # the run that made this solver's rows (--solvers)
+        out += [f"*{model}: measured by `{m_run.get('command', 'make bench')}` at commit "
+                f"{m_run.get('git_commit', m_run.get('commit', '?'))}, {m_run.get('date', '?')}.*", ""]
         out += [f"**{model}, {s}: truncation error** (RMSE to the accurate solve of the same held-out noise)", "",
                 pivot_markdown(rows, "error", model, s, nfes), ""]
         if has_fd[model]:

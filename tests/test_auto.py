@@ -18,10 +18,10 @@ SMALL = {"n": 24, "grid_points": 24, "n_val": 24, "polish": 30}
 
 @settings(max_examples=6, deadline=None)
 @given(model=st.sampled_from(["toy2d-ring", "gauss1d"]), solver=st.sampled_from(["euler", "dpmpp_2m", "heun"]),
-       steps=st.integers(2, 5), val_seed=st.integers(1, 9))
-def test_auto_is_never_worse_than_its_candidates_on_validation(model, solver, steps, val_seed):
-    m = load(model)
-    s = optimize(m, "auto", steps, solver, val_seed=val_seed, **SMALL)
+       steps=st.integers(2, 5), val_seed=st.integers(1, 9), batch=st.sampled_from([0, 8]))
+def test_auto_is_never_worse_than_its_candidates_on_validation(model, solver, steps, val_seed, batch):
+    m = load(model)                                             # batch 8: Adam on mini-batches of the 24 latents
+    s = optimize(m, "auto", steps, solver, val_seed=val_seed, batch=batch, **SMALL)
     V = teacher(m, n=SMALL["n_val"], grid_points=SMALL["grid_points"], seed=val_seed)
     v = endpoint_error(m, s, V.z, V.x[-1], solver)
     assert v == pytest.approx(s.meta["val_rmse"], rel=1e-12)

@@ -79,14 +79,15 @@ def candidates(model, steps: int, solver: str = "euler", *, n: int = 128, grid_p
 
 
 def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points: int = 128, seed: int = 0,
-         n_val: int = 128, val_seed: int = 2, adam: int = 60, lr: float = 0.05, adam_every: int = 5,
+         n_val: int = 128, val_seed: int = 2, adam: int = 60, lr: float = 0.05, adam_every: int = 5, batch: int = 0,
          polish: int = 200, check_every: int = 0, patience: int = 6, step_bound: bool | None = None,
          **solver_opts) -> Schedule:
     """The best of the candidates on validation latents, polished with early stopping (module doc).
 
     ``n``/``seed``: training latents (the teacher of the DPs and of the polish); ``n_val``/``val_seed``: the
-    validation latents (a seed the training did not use); ``adam``: at most this many full-batch Adam steps
-    (learning rate ``lr``) through the solver, a validation check every ``adam_every`` (0: none); ``polish``: then
+    validation latents (a seed the training did not use); ``adam``: at most this many Adam steps
+    (learning rate ``lr``) through the solver on mini-batches of ``batch`` training latents (0: all of them), a
+    validation check every ``adam_every`` (0: none); ``polish``: then
     at most this many Nelder–Mead evaluations (0: none), a check every ``check_every`` (default N + 1); both stop
     after ``patience`` checks without a validation improvement.  ``step_bound``: see :func:`candidates`.
     """
@@ -128,7 +129,7 @@ def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points:
             return st["since"] >= patience
 
         _, _, hist = fit_logits(model, theory.logits_of_sigmas(best["sig"]), T.z, T.x[-1], lo, hi, solver, iters=adam,
-                                lr=lr, batch=T.z.shape[0], seed=seed, callback=on_step, **solver_opts)
+                                lr=lr, batch=int(batch) or T.z.shape[0], seed=seed, callback=on_step, **solver_opts)
         adam_iters = len(hist)                             # one loss per Adam step taken
     if polish > 0 and steps > 1:
         from scipy.optimize import minimize

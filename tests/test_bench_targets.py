@@ -1,0 +1,55 @@
+"""bench_schedules.issue_targets: the optimizer issue's three targets, judged per cell from the rows of a run —
+(a) nothing below the limit by more than one paired SE, (b) the best bound closes ≥ 90 % and beats every
+training-free peer, (c) auto beats every other method and is within 3 % of the limit."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from bench_schedules import issue_targets  # noqa: E402
+
+HAND, LIMIT = 0.20, 0.10
+
+
+def _cell(errs, solver="euler", nfe=5, se=0.001):
+    rows = []
+    for m, e in errs.items():
+        cl = (HAND - e) / (HAND - LIMIT)
+        rows.append({"method": m, "solver": solver, "nfe": nfe, "err": e, "closure": cl,
+                     "vs_limit": e - errs["direct"], "vs_limit_se": se, "opt_s": 1.0})
+    return rows
+
+
+BASE = {"karras": 0.30, "hand-tuned": HAND, "huang": 0.25, "bound-prop": 0.105, "bound-step": 0.12, "ots": 0.22,
+        "gits": 0.15, "ays": 0.24, "auto": 0.102, "direct": LIMIT}
+
+
+def _targets(*cells):
+    return issue_targets({"toy2d-edm": {"rows": [r for c in cells for r in c]}}, models=("toy2d-edm",))["toy2d-edm"]
+
+
+def test_every_target_met():
+    t = _targets(_cell(BASE))
+    assert t["cells"] == 1 and not t["limit_fails"] and not t["auto_fails"]
+    (b,) = t["bound"]["euler"]
+    assert b["method"] == "bound-prop" and b["met"] and abs(b["closure"] - 0.95) < 1e-12 and b["best_peer_err"] == 0.15
+
+
+def test_a_method_below_the_limit_by_more_than_one_se_fails_a():
+    t = _targets(_cell({**BASE, "gits": 0.098}))                        # 0.002 below, SE 0.001
+    assert len(t["limit_fails"]) == 1 and "gits" in t["limit_fails"][0]
+    assert not _targets(_cell({**BASE, "gits": 0.098}, se=0.003))["limit_fails"]   # within its SE: a tie
+
+
+def test_a_bound_that_closes_little_or_loses_to_a_peer_fails_b():
+    low = _targets(_cell({**BASE, "bound-prop": 0.13, "bound-step": 0.14}))["bound"]["euler"][0]
+    assert low["closure"] < 0.9 and low["le_peers"] and not low["met"]
+    peer = _targets(_cell({**BASE, "gits": 0.104}))["bound"]["euler"][0]
+    assert not peer["le_peers"] and not peer["met"]
+
+
+def test_auto_beaten_or_too_far_from_the_limit_fails_c():
+    beaten = _targets(_cell({**BASE, "auto": 0.106}), _cell(BASE, nfe=8))["auto_fails"]
+    assert len(beaten) == 1 and "NFE 5" in beaten[0] and "bound-prop" in beaten[0]
+    far = _targets(_cell({**BASE, "auto": 0.104, "bound-prop": 0.105}))["auto_fails"]
+    assert len(far) == 1 and "beaten" not in far[0]                     # 4 % above the limit, beats everyone
