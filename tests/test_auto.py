@@ -32,6 +32,11 @@ def test_auto_is_never_worse_than_its_candidates_on_validation(model, solver, st
         assert s.meta["val_rmse"] == s.meta["candidates"][s.meta["choice"]]
 
 
+def test_auto_refuses_a_negative_batch():
+    with pytest.raises(ValueError, match="batch must be"):
+        optimize(load("gauss1d"), "auto", 3, batch=-1, **SMALL)
+
+
 def test_auto_refuses_validating_on_its_training_latents():
     with pytest.raises(ValueError, match="val_seed must differ"):
         optimize("toy2d-ring", "auto", 3, n=8, grid_points=12, seed=4, val_seed=4)

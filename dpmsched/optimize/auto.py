@@ -9,8 +9,8 @@
    against the teacher endpoints of ``n_val`` *validation* latents (seed ``val_seed``), not the training ones the
    DPs were fitted on.
 3. **Polish** — on the softmax-cumsum logits (docs/math.md §3.4(b), §8.4) of the winner, minimising the measured
-   squared error on the *training* latents, with early stopping on the validation error: first full-batch Adam
-   through the solver (:func:`~dpmsched.optimize.direct.fit_logits`, LD3's descent; the current point is scored on
+   squared error on the *training* latents, with early stopping on the validation error: first Adam (full batch,
+   or mini-batches of ``batch`` latents) through the solver (:func:`~dpmsched.optimize.direct.fit_logits`, LD3's descent; the current point is scored on
    the validation latents every ``adam_every`` steps), then Nelder–Mead from the best validation point (every
    ``check_every`` evaluations the best training point so far is scored; it finds what the gradient misses where
    the loss has kinks).  ``patience`` checks without a validation improvement stop each stage.
@@ -91,6 +91,8 @@ def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points:
     at most this many Nelder–Mead evaluations (0: none), a check every ``check_every`` (default N + 1); both stop
     after ``patience`` checks without a validation improvement.  ``step_bound``: see :func:`candidates`.
     """
+    if int(batch) < 0:
+        raise ValueError(f"batch must be ≥ 0 (0: all {n} training latents), got {batch}")
     if int(val_seed) == int(seed):
         raise ValueError(f"val_seed must differ from seed ({seed}): the validation latents must be unseen")
     t0 = time.perf_counter()
@@ -158,6 +160,6 @@ def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points:
     s = Schedule(best_sig, "auto")
     s.meta.update({"choice": choice, "candidates": scores, "val_rmse": best_val, "train_rmse": train(s),
                    "objective": best_val, "polished": polished, "adam_iters": adam_iters, "polish_evals": evals, "n": n, "seed": seed,
-                   "n_val": n_val, "val_seed": val_seed, "teacher_seconds": T.seconds + V.seconds,
+                   "n_val": n_val, "val_seed": val_seed, "batch": int(batch) or n, "teacher_seconds": T.seconds + V.seconds,
                    "seconds": time.perf_counter() - t0})
     return s
