@@ -54,10 +54,6 @@ def run_cell(entry: dict, model, solver: str, nfe: int, opts: dict, ref) -> dict
             "table_auto": rows.get("auto"), "sigmas": [float(v) for v in s.sigmas]}
 
 
-def _fmt(v) -> str:
-    return "—" if v is None else f"{v:.4f}"
-
-
 def markdown(out: dict) -> list[str]:
     md = ["# `auto` from cold: wall time (teachers included) and held-out error", "", provenance_line(out), "",
           "Each row one `optimize(model, \"auto\", N, solver, **settings)` from an empty teacher cache on one thread, "
@@ -67,7 +63,7 @@ def markdown(out: dict) -> list[str]:
     md += md_table(["model", "solver", "NFE", "settings", "auto", "table's auto", "vs limit", "/karras", "best other", "≤ it",
                     "from", "Adam / NM", "teachers s", "wall s"],
                    [[r["model"], r["solver"], r["nfe"], json.dumps(r["settings"]) if r["settings"] else "table's",
-                     f"{r['err']:.4f}", _fmt(r["table_auto"]), f"{100 * r['vs_limit']:+.1f} %", f"{r['err'] / r['karras']:.2f}",
+                     f"{r['err']:.4f}", "—" if r["table_auto"] is None else f"{r['table_auto']:.4f}", f"{100 * r['vs_limit']:+.1f} %", f"{r['err'] / r['karras']:.2f}",
                      f"{r['best_other']} {r['best_other_err']:.4f}", "yes" if r["le_every_other"] else "no",
                      r["choice"] + (" + polish" if r["polished"] else ""), f"{r['adam_iters']} / {r['polish_evals']}",
                      f"{r['teacher_s']:.1f}", f"{r['wall_s']:.1f}"] for r in out["rows"]])
@@ -86,18 +82,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     table = read_json(OUT / "schedules.json", "benchmark results")["results"]
     out = {**metadata(command(__file__, argv), threads=1), "rows": []}
-    models, refs = {}, {}
+    models = {}
     for cell in a.cells.split(","):
         name, solver, nfe = cell.split(":")
         if name not in table:
             raise ValueError(f"--cells {cell}: no results for {name} in schedules.json; expected one of {sorted(table)}")
         entry = table[name]
         model = models.setdefault(name, load(name))
-        if name not in refs:
-            ho = entry["heldout"]
-            refs[name] = TT.reference_endpoints(model, n=ho["n"], seed=ho["seed"], steps=int(ho["reference"].split()[1]))
+        ho = entry["heldout"]                              # the table's held-out set (cached per model)
+        ref = TT.reference_endpoints(model, n=ho["n"], seed=ho["seed"], steps=int(ho["reference"].split()[1]))
         for opts in settings:
-            r = {"model": name, **run_cell(entry, model, solver, int(nfe), opts, refs[name])}
+            r = {"model": name, **run_cell(entry, model, solver, int(nfe), opts, ref)}
             out["rows"].append(r)
             print(f"{name} {solver} NFE {nfe} {opts}: auto {r['err']:.4f} ({100 * r['vs_limit']:+.1f} % vs limit), "
                   f"{r['wall_s']:.1f} s", flush=True)

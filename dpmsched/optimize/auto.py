@@ -10,8 +10,8 @@
    DPs were fitted on.
 3. **Polish** — on the softmax-cumsum logits (docs/math.md §3.4(b), §8.4) of the winner, minimising the measured
    squared error on the *training* latents, with early stopping on the validation error: first Adam (full batch,
-   or mini-batches of ``batch`` latents) through the solver (:func:`~dpmsched.optimize.direct.fit_logits`, LD3's descent; the current point is scored on
-   the validation latents every ``adam_every`` steps), then Nelder–Mead from the best validation point (every
+   or mini-batches of ``batch`` latents) through the solver (:func:`~dpmsched.optimize.direct.fit_logits`, LD3's
+   descent; the current point is scored on the validation latents every ``adam_every`` steps), then Nelder–Mead from the best validation point (every
    ``check_every`` evaluations the best training point so far is scored; it finds what the gradient misses where
    the loss has kinks).  ``patience`` checks without a validation improvement stop each stage.
 
@@ -93,6 +93,7 @@ def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points:
     """
     if int(batch) < 0:
         raise ValueError(f"batch must be ≥ 0 (0: all {n} training latents), got {batch}")
+    batch = int(batch) or int(n)                           # Adam's mini-batch: all training latents by default
     if int(val_seed) == int(seed):
         raise ValueError(f"val_seed must differ from seed ({seed}): the validation latents must be unseen")
     t0 = time.perf_counter()
@@ -131,7 +132,7 @@ def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points:
             return st["since"] >= patience
 
         _, _, hist = fit_logits(model, theory.logits_of_sigmas(best["sig"]), T.z, T.x[-1], lo, hi, solver, iters=adam,
-                                lr=lr, batch=int(batch) or T.z.shape[0], seed=seed, callback=on_step, **solver_opts)
+                                lr=lr, batch=batch, seed=seed, callback=on_step, **solver_opts)
         adam_iters = len(hist)                             # one loss per Adam step taken
     if polish > 0 and steps > 1:
         from scipy.optimize import minimize
@@ -160,6 +161,6 @@ def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points:
     s = Schedule(best_sig, "auto")
     s.meta.update({"choice": choice, "candidates": scores, "val_rmse": best_val, "train_rmse": train(s),
                    "objective": best_val, "polished": polished, "adam_iters": adam_iters, "polish_evals": evals, "n": n, "seed": seed,
-                   "n_val": n_val, "val_seed": val_seed, "batch": int(batch) or n, "teacher_seconds": T.seconds + V.seconds,
+                   "n_val": n_val, "val_seed": val_seed, "batch": batch, "teacher_seconds": T.seconds + V.seconds,
                    "seconds": time.perf_counter() - t0})
     return s
