@@ -26,16 +26,14 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
-
-from .. import solvers, theory
+from .. import solvers
 from ..denoisers import event_shape, model_range
 from ..schedules import Schedule
 from ..solvers.registry import canonical
 from .bound import bound_prop
 from .bound_step import SUPPORTED as STEP_SOLVERS
 from .bound_step import bound_step
-from .direct import RHOS, fit_logits
+from .direct import RHOS, _check_split, validated_fit
 from .gits import gits
 from .teacher import endpoint_error, teacher
 
@@ -45,10 +43,6 @@ __all__ = ["auto", "candidates", "STEP_DIM"]
 STEP_DIM = 4
 #: multistep solvers that bound-step does not model; their bound-step candidate is DPM-Solver++(2M)'s
 MULTISTEP = ("dpmpp_3m", "unipc", "ipndm")
-
-
-class _Stop(Exception):
-    """Raised inside the Nelder–Mead objective when the validation error stops improving."""
 
 
 def candidates(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points: int = 128,
@@ -91,76 +85,24 @@ def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points:
     at most this many Nelder–Mead evaluations (0: none), a check every ``check_every`` (default N + 1); both stop
     after ``patience`` checks without a validation improvement.  ``step_bound``: see :func:`candidates`.
     """
-    if int(batch) < 0:
-        raise ValueError(f"batch must be ≥ 0 (0: all {n} training latents), got {batch}")
-    batch = int(batch) or int(n)                           # Adam's mini-batch: all training latents by default
-    if int(val_seed) == int(seed):
-        raise ValueError(f"val_seed must differ from seed ({seed}): the validation latents must be unseen")
+    _check_split(seed, val_seed, batch, n)
     t0 = time.perf_counter()
-    lo, hi = model_range(model)
     T = teacher(model, n=n, grid_points=grid_points, seed=seed)
     V = teacher(model, n=n_val, grid_points=grid_points, seed=val_seed)
 
     def val(s):
         return endpoint_error(model, s, V.z, V.x[-1], solver, **solver_opts)
 
-    def train(s):
-        return endpoint_error(model, s, T.z, T.x[-1], solver, **solver_opts)
-
     cands = candidates(model, steps, solver, n=n, grid_points=grid_points, seed=seed, step_bound=step_bound)
     scores = {k: val(s) for k, s in cands.items()}
     choice = min(scores, key=scores.get)
-    best = {"sig": cands[choice].sigmas, "val": scores[choice], "polished": False}
-    every = int(check_every) or int(steps) + 1
-
-    def checkpoint(sig, since: int) -> int:
-        """Score ``sig`` on the validation latents, keep it if it is the best so far; checks without improvement."""
-        v = val(Schedule(sig))
-        if v < best["val"]:
-            best.update(sig=np.asarray(sig, dtype=np.float64), val=v, polished=True)
-            return 0
-        return since + 1
-
-    adam_iters, evals = 0, 0
-    if adam > 0 and steps > 1:
-        st = {"since": 0}
-
-        def on_step(k, xi):
-            if (k + 1) % adam_every:
-                return False
-            st["since"] = checkpoint(theory.softmax_cumsum_sigmas(xi.numpy(), lo, hi), st["since"])
-            return st["since"] >= patience
-
-        _, _, hist = fit_logits(model, theory.logits_of_sigmas(best["sig"]), T.z, T.x[-1], lo, hi, solver, iters=adam,
-                                lr=lr, batch=batch, seed=seed, callback=on_step, **solver_opts)
-        adam_iters = len(hist)                             # one loss per Adam step taken
-    if polish > 0 and steps > 1:
-        from scipy.optimize import minimize
-
-        state = {"f": float("inf"), "x": None, "evals": 0, "since": 0}
-
-        def objective(z):
-            s = theory.softmax_cumsum_sigmas(z, lo, hi)
-            f = train(s)
-            state["evals"] += 1
-            if f < state["f"]:
-                state["f"], state["x"] = f, s
-            if state["evals"] % every == 0:
-                state["since"] = checkpoint(state["x"], state["since"])
-                if state["since"] >= patience:
-                    raise _Stop
-            return f
-
-        try:
-            minimize(objective, theory.logits_of_sigmas(best["sig"]), method="Nelder-Mead",
-                     options={"maxfev": int(polish), "xatol": 1e-4, "fatol": 1e-7})
-        except _Stop:
-            pass
-        evals = state["evals"]
-    best_sig, best_val, polished = best["sig"], best["val"], best["polished"]
-    s = Schedule(best_sig, "auto")
-    s.meta.update({"choice": choice, "candidates": scores, "val_rmse": best_val, "train_rmse": train(s),
-                   "objective": best_val, "polished": polished, "adam_iters": adam_iters, "polish_evals": evals, "n": n, "seed": seed,
-                   "n_val": n_val, "val_seed": val_seed, "batch": batch, "teacher_seconds": T.seconds + V.seconds,
+    r = validated_fit(model, cands[choice].sigmas, T, V, solver, adam=adam, lr=lr, adam_every=adam_every, batch=batch,
+                      polish=polish, check_every=check_every, patience=patience, seed=seed, **solver_opts)
+    s = Schedule(r["sig"], "auto")
+    s.meta.update({"choice": choice, "candidates": scores, "val_rmse": r["val"],
+                   "train_rmse": endpoint_error(model, s, T.z, T.x[-1], solver, **solver_opts), "objective": r["val"],
+                   "polished": r["polished"], "adam_iters": r["adam_iters"], "polish_evals": r["evals"], "n": n,
+                   "seed": seed, "n_val": n_val, "val_seed": val_seed, "batch": r["batch"],
+                   "teacher_seconds": T.seconds + V.seconds,
                    "seconds": time.perf_counter() - t0})
     return s

@@ -23,7 +23,7 @@ from .bound import bound_prop
 from .gits import gits
 from .teacher import endpoint_error, teacher
 
-__all__ = ["direct", "fit_logits", "karras_tuned", "hand_tuned"]
+__all__ = ["direct", "fit_logits", "validated_fit", "karras_tuned", "hand_tuned"]
 
 
 def fit_logits(model, z0: np.ndarray, z_train: torch.Tensor, x_train: torch.Tensor, lo: float, hi: float,
@@ -67,15 +67,24 @@ def fit_logits(model, z0: np.ndarray, z_train: torch.Tensor, x_train: torch.Tens
 
 def direct(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points: int = 128, seed: int = 0,
            iters: int = 60, lr: float = 0.05, init: str = "karras", polish: int = 300, progress: bool = False,
-           **solver_opts) -> Schedule:
+           n_val: int = 0, val_seed: int = 3, batch: int = 0, patience: int = 6, **solver_opts) -> Schedule:
     """Fit the schedule to the teacher endpoints of ``n`` training latents (seed ``seed``): ``iters``
     Adam steps through the solver, then (``polish`` > 0) Nelder–Mead with at most ``polish``
     evaluations from the Adam result and from the init; the best training RMSE wins.
     ``init``: "karras" (ρ = 7), "logsnr" (uniform λ, LD3's init), "best" (the lowest training RMSE of
     ``hand-tuned``, ``gits`` and ``bound-prop`` on the same teacher — a start no worse than any of them, so the limit
     is at least as good as each on the training latents) or a Schedule (N steps, the model's σ range).
-    ``meta["objective"]``: the training RMSE of the returned schedule; ``meta["init"]`` names the start."""
+    ``meta["objective"]``: the training RMSE of the returned schedule; ``meta["init"]`` names the start.
+
+    ``n_val`` > 0: **validated** — the fit stops early on ``n_val`` validation latents (seed ``val_seed``, which must
+    differ from ``seed``; :func:`validated_fit`: Adam on mini-batches of ``batch`` latents (0: all), then Nelder–Mead,
+    each stage stopped after ``patience`` checks without a validation improvement), and the result is the checkpoint
+    with the lowest validation RMSE, the init included: on the validation latents it is never worse than its start.
+    This is the benchmark's limit on the image models, where a fit to a few hundred latents overfits (docs/math.md
+    §8.4); ``meta["val_rmse"]`` is its validation RMSE."""
     t0 = time.perf_counter()
+    if int(n_val) > 0:
+        _check_split(seed, val_seed, batch, n)
     T = teacher(model, n=n, grid_points=grid_points, seed=seed)
     lo, hi = float(T.grid[-1]), float(T.grid[0])
     if isinstance(init, (Schedule, np.ndarray, list, tuple)):
@@ -96,6 +105,17 @@ def direct(model, steps: int, solver: str = "euler", *, n: int = 128, grid_point
         z0 = np.zeros(int(steps))
     else:
         raise ValueError(f"init must be 'karras', 'logsnr', 'best' or a Schedule, got {init!r}")
+    if int(n_val) > 0:
+        V = teacher(model, n=n_val, grid_points=grid_points, seed=val_seed)
+        r = validated_fit(model, theory.softmax_cumsum_sigmas(z0, lo, hi), T, V, solver, adam=iters, lr=lr,
+                          batch=batch, polish=polish, patience=patience, seed=seed, **solver_opts)
+        rmse = endpoint_error(model, Schedule(r["sig"]), T.z, T.x[-1], solver, **solver_opts)
+        return Schedule(r["sig"], "direct", {"objective": rmse, "train_rmse": rmse, "val_rmse": r["val"],
+                                            "polished": r["polished"], "adam_iters": r["adam_iters"],
+                                            "polish_evals": r["evals"], "iters": iters, "lr": lr, "init": init,
+                                            "n": n, "seed": seed, "n_val": n_val, "val_seed": val_seed,
+                                            "batch": r["batch"], "teacher_seconds": T.seconds + V.seconds,
+                                            "seconds": time.perf_counter() - t0})
     sig, loss, hist = fit_logits(model, z0, T.z, T.x[-1], lo, hi, solver, iters, lr, n, seed, progress,
                                  **solver_opts)
     adam_rmse, nm_evals = float(np.sqrt(loss)), 0
@@ -108,6 +128,94 @@ def direct(model, steps: int, solver: str = "euler", *, n: int = 128, grid_point
                                     "iters": iters, "lr": lr, "init": init, "n": n, "seed": seed,
                                     "loss_first": hist[0] if hist else None, "loss_last": hist[-1] if hist else None,
                                     "teacher_seconds": T.seconds, "seconds": time.perf_counter() - t0})
+
+
+class _Stop(Exception):
+    """Raised inside the Nelder–Mead objective of :func:`validated_fit` when the validation error stops improving."""
+
+
+def _mini_batch(batch: int, n: int) -> int:
+    """Adam's mini-batch size ``batch`` (0: all ``n`` training latents); a negative one is refused."""
+    if int(batch) < 0:
+        raise ValueError(f"batch must be ≥ 0 (0: all {n} training latents), got {batch}")
+    return int(batch) or int(n)
+
+
+def _check_split(seed: int, val_seed: int, batch: int, n: int) -> None:
+    """Refuse validation latents drawn with the training ``seed``, and a negative mini-batch (before any work)."""
+    if int(val_seed) == int(seed):
+        raise ValueError(f"val_seed must differ from seed ({seed}): the validation latents must be unseen")
+    _mini_batch(batch, n)
+
+
+def validated_fit(model, sig0, T, V, solver: str = "euler", *, adam: int = 60, lr: float = 0.05, adam_every: int = 5,
+                  batch: int = 0, polish: int = 200, check_every: int = 0, patience: int = 6, seed: int = 0,
+                  **solver_opts) -> dict:
+    """Minimise the measured endpoint error on the training teacher ``T`` from σ ``sig0`` (N+1,), with early
+    stopping on the validation teacher ``V`` (docs/math.md §8.4).
+
+    First ``adam`` Adam steps (:func:`fit_logits`, learning rate ``lr``, mini-batches of ``batch`` training latents,
+    0: all), the current point scored on ``V`` every ``adam_every`` steps; then at most ``polish`` Nelder–Mead
+    evaluations of the training RMSE from the best validation point, the best training point so far scored every
+    ``check_every`` evaluations (default N + 1).  Each stage stops after ``patience`` checks without a validation
+    improvement.  Returns ``{"sig", "val", "polished", "adam_iters", "evals", "batch"}``: the checkpoint with the
+    lowest validation RMSE *including* ``sig0`` (so ``val`` ≤ the validation RMSE of ``sig0``), whether a polish
+    checkpoint beat ``sig0``, the Adam steps and Nelder–Mead evaluations spent, the mini-batch used."""
+    batch = _mini_batch(batch, T.z.shape[0])
+    lo, hi = float(T.grid[-1]), float(T.grid[0])
+    steps = len(sig0) - 1
+
+    def val(sig):
+        return endpoint_error(model, Schedule(sig), V.z, V.x[-1], solver, **solver_opts)
+
+    best = {"sig": np.asarray(sig0, dtype=np.float64), "val": val(sig0), "polished": False}
+
+    def checkpoint(sig, since: int) -> int:
+        """Score ``sig`` on the validation latents, keep it if it is the best so far; checks without improvement."""
+        v = val(sig)
+        if v < best["val"]:
+            best.update(sig=np.asarray(sig, dtype=np.float64), val=v, polished=True)
+            return 0
+        return since + 1
+
+    adam_iters, evals = 0, 0
+    if adam > 0 and steps > 1:
+        st = {"since": 0}
+
+        def on_step(k, xi):
+            if not adam_every or (k + 1) % adam_every:
+                return False
+            st["since"] = checkpoint(theory.softmax_cumsum_sigmas(xi.numpy(), lo, hi), st["since"])
+            return st["since"] >= patience
+
+        _, _, hist = fit_logits(model, theory.logits_of_sigmas(best["sig"]), T.z, T.x[-1], lo, hi, solver, iters=adam,
+                                lr=lr, batch=batch, seed=seed, callback=on_step, **solver_opts)
+        adam_iters = len(hist)                             # one loss per Adam step taken
+    if polish > 0 and steps > 1:
+        from scipy.optimize import minimize
+
+        every = int(check_every) or steps + 1
+        state = {"f": float("inf"), "x": None, "evals": 0, "since": 0}
+
+        def objective(z):
+            s = theory.softmax_cumsum_sigmas(z, lo, hi)
+            f = endpoint_error(model, Schedule(s), T.z, T.x[-1], solver, **solver_opts)
+            state["evals"] += 1
+            if f < state["f"]:
+                state["f"], state["x"] = f, s
+            if state["evals"] % every == 0:
+                state["since"] = checkpoint(state["x"], state["since"])
+                if state["since"] >= patience:
+                    raise _Stop
+            return f
+
+        try:
+            minimize(objective, theory.logits_of_sigmas(best["sig"]), method="Nelder-Mead",
+                     options={"maxfev": int(polish), "xatol": 1e-4, "fatol": 1e-7})
+        except _Stop:
+            pass
+        evals = state["evals"]
+    return {**best, "adam_iters": adam_iters, "evals": evals, "batch": batch}
 
 
 def _polish(model, starts, T, lo, hi, solver, max_evals, **solver_opts):
