@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from bench_schedules import issue_targets  # noqa: E402
+from bench_schedules import issue_targets, limit_starts  # noqa: E402
 
 HAND, LIMIT = 0.20, 0.10
 
@@ -53,3 +53,12 @@ def test_auto_beaten_or_too_far_from_the_limit_fails_c():
     assert len(beaten) == 1 and "NFE 5" in beaten[0] and "bound-prop" in beaten[0]
     far = _targets(_cell({**BASE, "auto": 0.104, "bound-prop": 0.105}))["auto_fails"]
     assert len(far) == 1 and "beaten" not in far[0]                     # 4 % above the limit, beats everyone
+
+
+def test_limit_starts_names_the_start_and_whether_the_fit_moved_it():
+    auto = {"method": "auto", "sigmas": [80.0, 1.0, 0.002]}
+    hand = {"method": "hand-tuned", "sigmas": [80.0, 2.0, 0.002]}
+    cell = {("auto", 4): auto, ("direct", 4): {"sigmas": [80.0, 1.0, 0.002], "limit": {"init": "schedule:auto"}},
+            ("hand-tuned", 5): hand, ("direct", 5): {"sigmas": [80.0, 1.5, 0.002], "limit": {"init": "schedule:hand-tuned"}},
+            ("direct", 6): {"sigmas": [80.0, 1.5, 0.002]}}                      # an old row without limit info
+    assert limit_starts(cell, [4, 5, 6]) == {4: "auto (kept)", 5: "hand-tuned (moved)"}

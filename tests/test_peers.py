@@ -227,6 +227,8 @@ def test_validated_direct_is_no_worse_than_its_start_on_its_validation_latents(s
     assert d.meta["val_rmse"] <= TT.endpoint_error(ring, start, V.z, V.x[-1], solver)
     assert d.meta["polished"] == (d.meta["val_rmse"] < TT.endpoint_error(ring, start, V.z, V.x[-1], solver))
     assert d.meta["batch"] == (batch or 32) and d.meta["init"] == "schedule:karras"
+    if not d.meta["polished"]:                                       # nothing beat the start: it is the start, exactly
+        assert np.array_equal(d.sigmas, start.sigmas)
 
 
 def test_validated_direct_refuses_its_training_seed_and_a_negative_batch_before_any_work():

@@ -33,7 +33,7 @@ from ..solvers.registry import canonical
 from .bound import bound_prop
 from .bound_step import SUPPORTED as STEP_SOLVERS
 from .bound_step import bound_step
-from .direct import RHOS, _check_split, validated_fit
+from .direct import RHOS, check_split, validated_fit
 from .gits import gits
 from .teacher import endpoint_error, teacher
 
@@ -85,7 +85,7 @@ def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points:
     at most this many Nelder–Mead evaluations (0: none), a check every ``check_every`` (default N + 1); both stop
     after ``patience`` checks without a validation improvement.  ``step_bound``: see :func:`candidates`.
     """
-    _check_split(seed, val_seed, batch, n)
+    check_split(seed, val_seed, batch, n)
     t0 = time.perf_counter()
     T = teacher(model, n=n, grid_points=grid_points, seed=seed)
     V = teacher(model, n=n_val, grid_points=grid_points, seed=val_seed)

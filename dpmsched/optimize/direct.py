@@ -23,7 +23,7 @@ from .bound import bound_prop
 from .gits import gits
 from .teacher import endpoint_error, teacher
 
-__all__ = ["direct", "fit_logits", "validated_fit", "karras_tuned", "hand_tuned"]
+__all__ = ["direct", "fit_logits", "validated_fit", "check_split", "karras_tuned", "hand_tuned"]
 
 
 def fit_logits(model, z0: np.ndarray, z_train: torch.Tensor, x_train: torch.Tensor, lo: float, hi: float,
@@ -84,30 +84,32 @@ def direct(model, steps: int, solver: str = "euler", *, n: int = 128, grid_point
     §8.4); ``meta["val_rmse"]`` is its validation RMSE."""
     t0 = time.perf_counter()
     if int(n_val) > 0:
-        _check_split(seed, val_seed, batch, n)
+        check_split(seed, val_seed, batch, n)
     T = teacher(model, n=n, grid_points=grid_points, seed=seed)
     lo, hi = float(T.grid[-1]), float(T.grid[0])
     if isinstance(init, (Schedule, np.ndarray, list, tuple)):
         s0 = init if isinstance(init, Schedule) else Schedule(init)
         if s0.steps != int(steps) or not np.allclose([s0.sigmas[0], s0.sigmas[-1]], [hi, lo]):
             raise ValueError(f"init schedule must have {steps} steps from {hi:g} to {lo:g}")
-        z0, init = theory.logits_of_sigmas(s0), f"schedule:{s0.name}"
+        z0, init, sig0 = theory.logits_of_sigmas(s0), f"schedule:{s0.name}", s0.sigmas
     elif init == "best":
         common = {"n": n, "grid_points": grid_points, "seed": seed}
         starts = {"hand-tuned": hand_tuned(model, steps, solver, **common, **solver_opts),
                   "gits": gits(model, steps, solver, **common), "bound-prop": bound_prop(model, steps, solver, **common)}
         rmse = {k: endpoint_error(model, s, T.z, T.x[-1], solver, **solver_opts) for k, s in starts.items()}
         pick = min(rmse, key=rmse.get)
-        z0, init = theory.logits_of_sigmas(starts[pick]), f"best:{pick}"
+        z0, init, sig0 = theory.logits_of_sigmas(starts[pick]), f"best:{pick}", starts[pick].sigmas
     elif init == "karras":
-        z0 = theory.logits_of_sigmas(Schedule.karras(steps, lo, hi))
+        sig0 = Schedule.karras(steps, lo, hi).sigmas
+        z0 = theory.logits_of_sigmas(sig0)
     elif init == "logsnr":
         z0 = np.zeros(int(steps))
+        sig0 = theory.softmax_cumsum_sigmas(z0, lo, hi)
     else:
         raise ValueError(f"init must be 'karras', 'logsnr', 'best' or a Schedule, got {init!r}")
     if int(n_val) > 0:
         V = teacher(model, n=n_val, grid_points=grid_points, seed=val_seed)
-        r = validated_fit(model, theory.softmax_cumsum_sigmas(z0, lo, hi), T, V, solver, adam=iters, lr=lr,
+        r = validated_fit(model, sig0, T, V, solver, adam=iters, lr=lr,
                           batch=batch, polish=polish, patience=patience, seed=seed, **solver_opts)
         rmse = endpoint_error(model, Schedule(r["sig"]), T.z, T.x[-1], solver, **solver_opts)
         return Schedule(r["sig"], "direct", {"objective": rmse, "train_rmse": rmse, "val_rmse": r["val"],
@@ -141,7 +143,7 @@ def _mini_batch(batch: int, n: int) -> int:
     return int(batch) or int(n)
 
 
-def _check_split(seed: int, val_seed: int, batch: int, n: int) -> None:
+def check_split(seed: int, val_seed: int, batch: int, n: int) -> None:
     """Refuse validation latents drawn with the training ``seed``, and a negative mini-batch (before any work)."""
     if int(val_seed) == int(seed):
         raise ValueError(f"val_seed must differ from seed ({seed}): the validation latents must be unseen")
