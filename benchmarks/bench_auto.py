@@ -3,14 +3,16 @@
 The auto rows of ``benchmarks/schedules.json`` are timed with the shared training teacher already cached and on a
 machine busy with other cells.  This benchmark answers the practitioner's question instead — how long does one
 ``optimize(model, "auto", N, solver)`` take from nothing, and what does it give — for a few settings of auto's
-budget (``--settings``, each a JSON object of auto's options on top of the table's teacher size), every run
+budget (``--settings``, each a JSON object of auto's options on top of the table's: its teacher size and the
+entry's ``method_opts["auto"]``, so ``{}`` is exactly the table's auto), every run
 from an empty teacher cache.  Each result is judged exactly like the table's rows: the RMSE of the solver's output
 against the RK4 reference of the table's held-out latents, next to that cell's limit (``direct``), Karras-ρ7 and
 the best other method of the table (auto's own stored row excluded).
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_auto.py [--cells digits-edm:euler:5,...]
 [--settings '[{}, {"n_val": 64, "adam": 20}]']`` (default: digits-edm at NFE 5 with Euler and DPM-Solver++(2M),
-the table's settings and two cheaper ones).  Writes benchmarks/auto.json and .md (``--out NAME``: NAME.json, .md).
+the table's settings and the cheaper ones of :data:`SETTINGS`).  Writes benchmarks/auto.json and .md (``--out NAME``:
+NAME.json, .md), with a table of the validation teacher's accuracy per grid (:func:`teacher_accuracy`).
 """
 from __future__ import annotations
 
@@ -27,18 +29,22 @@ from dpmsched.files import read_json
 from dpmsched.models import load
 from dpmsched.optimize import optimize
 from dpmsched.optimize import teacher as TT
+from dpmsched.optimize.direct import validation_teacher
 
-#: the table's settings (validation on 128 latents, Adam ≤ 60 then Nelder–Mead), fewer validation latents, and
-#: fewer validation latents with at most 20 Adam steps or none (Nelder–Mead alone)
-SETTINGS = [{}, {"n_val": 64}, {"n_val": 64, "adam": 20}, {"n_val": 64, "adam": 0}]
+#: on top of the table's settings (digits: 256 training latents, mini-batch 64, 256 validation latents on a
+#: 32-point Heun grid, Adam ≤ 60 then Nelder–Mead): none; the earlier table's 64 validation latents on the training grid;
+#: 64 training latents (full batch); those and no Adam (Nelder–Mead alone); and with 64 validation latents too
+SETTINGS = [{}, {"n_val": 64, "val_grid_points": 0}, {"n": 64, "batch": 0}, {"n": 64, "batch": 0, "adam": 0},
+            {"n": 64, "batch": 0, "adam": 0, "n_val": 64, "val_grid_points": 0}]
 CELLS = "digits-edm:euler:5,digits-edm:dpmpp_2m:5"
 
 
-def run_cell(entry: dict, model, solver: str, nfe: int, opts: dict, ref) -> dict:
-    """One cold ``auto`` run of a table cell with auto options ``opts``: held-out error, wall and CPU seconds."""
+def run_cell(entry: dict, table_opts: dict, model, solver: str, nfe: int, opts: dict, ref) -> dict:
+    """One cold ``auto`` run of a table cell with auto options ``opts`` on top of the table's ``table_opts``:
+    held-out error, wall and CPU seconds."""
     TT.clear_cache()                                       # from cold: the teachers are part of the cost
     t0, c0 = time.perf_counter(), time.process_time()
-    s = optimize(model, "auto", nfe, solver, **{**entry["teacher"], **opts})
+    s = optimize(model, "auto", nfe, solver, **{**entry["teacher"], **table_opts, **opts})
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     z, x_ref = ref
     with torch.no_grad():
@@ -57,6 +63,7 @@ def run_cell(entry: dict, model, solver: str, nfe: int, opts: dict, ref) -> dict
 def markdown(out: dict) -> list[str]:
     md = ["# `auto` from cold: wall time (teachers included) and held-out error", "", provenance_line(out), "",
           "Each row one `optimize(model, \"auto\", N, solver, **settings)` from an empty teacher cache on one thread, "
+          "settings on top of the table's auto options (" + tables_opts(out) + "), "
           "judged on the held-out latents of `benchmarks/schedules.md`: table's auto = that table's auto row (its "
           "settings, same latents); vs limit = auto / direct − 1; best other = the best method of that table but "
           "auto and direct.", ""]
@@ -67,7 +74,44 @@ def markdown(out: dict) -> list[str]:
                      f"{r['best_other']} {r['best_other_err']:.4f}", "yes" if r["le_every_other"] else "no",
                      r["choice"] + (" + polish" if r["polished"] else ""), f"{r['adam_iters']} / {r['polish_evals']}",
                      f"{r['teacher_s']:.1f}", f"{r['wall_s']:.1f}"] for r in out["rows"]])
-    return md + [""]
+    return md + [""] + accuracy_markdown(out.get("teacher_accuracy", []))
+
+
+#: the grids of the validation teachers that teacher_accuracy compares (``val_grid_points``)
+GRIDS = (16, 24, 32, 64)
+
+
+def teacher_accuracy(model, ref_steps: int, n: int = 128, seed: int = 2) -> list[dict]:
+    """What a coarser validation teacher costs in accuracy: the RMSE of the endpoints of
+    :func:`dpmsched.optimize.direct.validation_teacher` on each grid of :data:`GRIDS` against RK4 with ``ref_steps``
+    steps from the same ``n`` latents (``seed``), its network calls a latent and seconds."""
+    z, x_ref = TT.reference_endpoints(model, n=n, seed=seed, steps=ref_steps)
+    rows = []
+    for g in GRIDS:
+        TT.clear_cache()
+        T = validation_teacher(model, n, seed, g)
+        assert torch.equal(T.z.to(z.dtype), z), "teacher and reference latents differ"
+        rows.append({"grid_points": g, "nfe": 2 * g - 1, "rmse": metrics.truncation_error(T.x[-1], x_ref),
+                     "seconds": T.seconds, "n": n, "seed": seed, "reference": f"rk4, {ref_steps} steps"})
+    return rows
+
+
+def accuracy_markdown(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    r0 = rows[0]
+    return ["## The validation teacher's accuracy", "",
+            f"The endpoints of the validation teacher (Heun on G grid points, `val_grid_points=G`) from {r0['n']} "
+            f"latents (seed {r0['seed']}) against {r0['reference']} from the same latents; the schedules they rank "
+            "have errors of 0.025–0.2 on digits.", ""] + \
+        md_table(["grid points", "network calls / latent", "endpoint RMSE", "seconds"],
+                 [[r["grid_points"], r["nfe"], f"{r['rmse']:.4f}", f"{r['seconds']:.1f}"] for r in rows]) + [""]
+
+
+def tables_opts(out: dict) -> str:
+    """The table's auto options of each model in ``out``, for the markdown."""
+    seen = {r["model"]: r.get("table_settings", {}) for r in out["rows"]}
+    return "; ".join(f"{m}: `{json.dumps(o)}`" for m, o in seen.items())
 
 
 def main(argv=None) -> int:
@@ -80,8 +124,9 @@ def main(argv=None) -> int:
     if not isinstance(settings, list) or not all(isinstance(s, dict) for s in settings):
         raise ValueError(f"--settings must be a JSON list of objects, got {a.settings!r}")
     torch.set_num_threads(1)
-    table = read_json(OUT / "schedules.json", "benchmark results")["results"]
-    out = {**metadata(command(__file__, argv), threads=1), "rows": []}
+    doc = read_json(OUT / "schedules.json", "benchmark results")
+    table = doc["results"]
+    out = {**metadata(command(__file__, argv), threads=1), "rows": [], "teacher_accuracy": []}
     models = {}
     for cell in a.cells.split(","):
         name, solver, nfe = cell.split(":")
@@ -91,8 +136,13 @@ def main(argv=None) -> int:
         model = models.setdefault(name, load(name))
         ho = entry["heldout"]                              # the table's held-out set (cached per model)
         ref = TT.reference_endpoints(model, n=ho["n"], seed=ho["seed"], steps=int(ho["reference"].split()[1]))
+        if not out["teacher_accuracy"]:                     # the first model's (every cell here is one model)
+            out["teacher_accuracy"] = teacher_accuracy(model, int(ho["reference"].split()[1]))
+            write_outputs(OUT / a.out, out, markdown(out))
         for opts in settings:
-            r = {"model": name, **run_cell(entry, model, solver, int(nfe), opts, ref)}
+            table_opts = doc["config"][name].get("method_opts", {}).get("auto", {})
+            r = {"model": name, "table_settings": table_opts,
+                 **run_cell(entry, table_opts, model, solver, int(nfe), opts, ref)}
             out["rows"].append(r)
             print(f"{name} {solver} NFE {nfe} {opts}: auto {r['err']:.4f} ({100 * r['vs_limit']:+.1f} % vs limit), "
                   f"{r['wall_s']:.1f} s", flush=True)

@@ -47,6 +47,7 @@ from dpmsched.models import load
 from dpmsched.optimize import optimize
 from dpmsched.optimize import teacher as TT
 from dpmsched.optimize.bound_step import SUPPORTED as STEP_SOLVERS
+from dpmsched.optimize.direct import validation_teacher
 
 ROWS = ["karras", "hand-tuned", "huang", "bound-prop", "bound-step", "ots", "gits", "ays", "auto", "direct"]
 TRAINING_FREE = ["ots", "gits", "ays"]
@@ -61,11 +62,16 @@ CONFIG = {
     "toy2d-edm": {"n": 128, "grid_points": 128, "heldout": 1024, "ref_steps": 128,
                   "direct": {"n": 1024, "iters": 60, "polish": 200}, "solvers": ALL_SOLVERS},
     # digits: the fit to 256 latents overfits (held-out/training ≈ 1.7 even at 512 latents: the per-latent error is
-    # heavy-tailed, docs/math.md §8.4), so the limit is validated — picked and early-stopped on 128 latents of a
-    # seed of its own (3); auto trains on 256 latents, mini-batches of 64 (benchmarks/auto_latents.md)
+    # heavy-tailed, docs/math.md §8.4), so the limit is validated — picked and early-stopped on 256 latents of a
+    # seed of its own (3); auto trains on 256 latents, mini-batches of 64 (benchmarks/auto_latents.md).  Both
+    # validate on 256 latents whose endpoints come from Heun on 32 grid points (0.006 RMSE from the accurate ones,
+    # half the cost of the 64-point training grid; benchmarks/auto.md): with 64 validation latents auto picked
+    # quadratic-t over cosine at 2M NFE 5 and ended 5.9 % above the limit
     "digits-edm": {"n": 64, "grid_points": 64, "heldout": 512, "ref_steps": 32,
-                   "direct": {"n": 256, "iters": 60, "batch": 64, "polish": 100, "n_val": 128, "val_seed": 3},
-                   "method_opts": {"auto": {"n": 256, "batch": 64, "n_val": 64}}, "solvers": ALL_SOLVERS},
+                   "direct": {"n": 256, "iters": 60, "batch": 64, "polish": 100, "n_val": 256, "val_seed": 3,
+                              "val_grid_points": 32},
+                   "method_opts": {"auto": {"n": 256, "batch": 64, "n_val": 256, "val_grid_points": 32}},
+                   "solvers": ALL_SOLVERS},
 }
 #: mnist-edm per guidance weight: the same sizes for the three entries
 #: (the issue asks for Fréchet-MNIST of 1,000 samples; on this CPU 1,000 held-out latents × 10 schedules × 8 cells
@@ -78,8 +84,10 @@ MNIST = {"model": "mnist-edm", "n": 16, "grid_points": 40, "heldout": 64, "ref_s
          "method_opts": {"ays": {"n": 16, "sweeps": [1, 1, 1], "candidates": 7},
                          "auto": {"n_val": 16, "adam": 0, "polish": 40}},
          "solvers": {"euler": [4, 5, 6, 10], "dpmpp_2m": [4, 5, 6, 10]}}
-CONFIG.update({"mnist-edm": {**MNIST, "w": 0.0}, "mnist-edm w=2": {**MNIST, "w": 2.0},
-               "mnist-edm w=4": {**MNIST, "w": 4.0}})
+#: the unguided entry runs all four solvers of the comparison (a guided entry: Euler and 2M, ~50 min each)
+CONFIG.update({"mnist-edm": {**MNIST, "w": 0.0, "solvers": {**MNIST["solvers"], "dpmpp_3m": [4, 5, 6, 10],
+                                                            "unipc": [4, 5, 6, 10]}},
+               "mnist-edm w=2": {**MNIST, "w": 2.0}, "mnist-edm w=4": {**MNIST, "w": 4.0}})
 
 
 def load_entry(name: str, cfg: dict):
@@ -143,7 +151,7 @@ def fit_limit(model, name: str, cfg: dict, solver: str, steps: int, others: dict
 
     d = cfg["direct"]
     n_pick, seed_pick = (d["n_val"], d["val_seed"]) if d.get("n_val") else (d["n"], 0)
-    P = TT.teacher(model, n=n_pick, grid_points=cfg["grid_points"], seed=seed_pick)
+    P = validation_teacher(model, n_pick, seed_pick, cfg["grid_points"], d.get("val_grid_points", 0))
     pick = {m: TT.endpoint_error(model, s, P.z, P.x[-1], solver) for m, s in others.items()}
     start = min(pick, key=pick.get)
     key = f"{name}|{solver}|{steps}"

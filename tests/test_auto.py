@@ -18,11 +18,13 @@ SMALL = {"n": 24, "grid_points": 24, "n_val": 24, "polish": 30}
 
 @settings(max_examples=6, deadline=None)
 @given(model=st.sampled_from(["toy2d-ring", "gauss1d"]), solver=st.sampled_from(["euler", "dpmpp_2m", "heun"]),
-       steps=st.integers(2, 5), val_seed=st.integers(1, 9), batch=st.sampled_from([0, 8]))
-def test_auto_is_never_worse_than_its_candidates_on_validation(model, solver, steps, val_seed, batch):
+       steps=st.integers(2, 5), val_seed=st.integers(1, 9), batch=st.sampled_from([0, 8]),
+       val_grid=st.sampled_from([0, 12]))
+def test_auto_is_never_worse_than_its_candidates_on_validation(model, solver, steps, val_seed, batch, val_grid):
     m = load(model)                                             # batch 8: Adam on mini-batches of the 24 latents
-    s = optimize(m, "auto", steps, solver, val_seed=val_seed, batch=batch, **SMALL)
-    V = teacher(m, n=SMALL["n_val"], grid_points=SMALL["grid_points"], seed=val_seed)
+    s = optimize(m, "auto", steps, solver, val_seed=val_seed, batch=batch, val_grid_points=val_grid, **SMALL)
+    V = teacher(m, n=SMALL["n_val"], grid_points=val_grid or SMALL["grid_points"], seed=val_seed)  # 12: coarser
+    assert s.meta["val_grid_points"] == (val_grid or SMALL["grid_points"])
     v = endpoint_error(m, s, V.z, V.x[-1], solver)
     assert v == pytest.approx(s.meta["val_rmse"], rel=1e-12)
     assert v <= min(s.meta["candidates"].values()) + 1e-15
@@ -32,9 +34,11 @@ def test_auto_is_never_worse_than_its_candidates_on_validation(model, solver, st
         assert s.meta["val_rmse"] == s.meta["candidates"][s.meta["choice"]]
 
 
-def test_auto_refuses_a_negative_batch():
+def test_auto_refuses_a_negative_batch_and_a_validation_grid_of_two_points():
     with pytest.raises(ValueError, match="batch must be"):
         optimize(load("gauss1d"), "auto", 3, batch=-1, **SMALL)
+    with pytest.raises(ValueError, match="val_grid_points must be 0"):
+        optimize(load("gauss1d"), "auto", 3, val_grid_points=2, **SMALL)
 
 
 def test_auto_refuses_validating_on_its_training_latents():

@@ -14,6 +14,7 @@ from dpmsched.models import load
 from dpmsched.optimize import ays as AYS
 from dpmsched.optimize import bound, optimize
 from dpmsched.optimize import teacher as TT
+from dpmsched.optimize.direct import validation_teacher
 
 C_STD = 0.5
 
@@ -213,15 +214,16 @@ def test_direct_limit_on_gaussian_data_is_no_worse_than_the_closed_form_optimum(
     assert e_direct <= TT.endpoint_error(g, Schedule.karras(steps, g.sigma_min, g.sigma_max), zr, xr)
 
 
-@pytest.mark.parametrize("solver,batch", [("euler", 0), ("dpmpp_2m", 8)])
-def test_validated_direct_is_no_worse_than_its_start_on_its_validation_latents(solver, batch):
+@pytest.mark.parametrize("solver,batch,val_grid", [("euler", 0, 0), ("dpmpp_2m", 8, 12)])
+def test_validated_direct_is_no_worse_than_its_start_on_its_validation_latents(solver, batch, val_grid):
     """``n_val`` > 0: the limit of the image benchmarks — early-stopped on validation latents of its own seed, it
     returns the best validation checkpoint, the start included, and reports that checkpoint's errors."""
     ring = load("toy2d-ring")
     start = Schedule.karras(4, ring.sigma_min, ring.sigma_max, rho=3.0)
     d = optimize(ring, "direct", 4, solver, n=32, grid_points=24, iters=10, polish=30, n_val=32, val_seed=5,
-                 batch=batch, init=start)
-    T, V = TT.teacher(ring, n=32, grid_points=24), TT.teacher(ring, n=32, grid_points=24, seed=5)
+                 batch=batch, init=start, val_grid_points=val_grid)     # 12: a coarser validation teacher
+    T, V = TT.teacher(ring, n=32, grid_points=24), validation_teacher(ring, 32, 5, 24, val_grid)
+    assert d.meta["val_grid_points"] == (val_grid or 24) == V.G
     assert d.meta["val_rmse"] == pytest.approx(TT.endpoint_error(ring, d, V.z, V.x[-1], solver), rel=1e-9)
     assert d.meta["train_rmse"] == pytest.approx(TT.endpoint_error(ring, d, T.z, T.x[-1], solver), rel=1e-9)
     assert d.meta["val_rmse"] <= TT.endpoint_error(ring, start, V.z, V.x[-1], solver)
@@ -236,3 +238,5 @@ def test_validated_direct_refuses_its_training_seed_and_a_negative_batch_before_
         optimize("toy2d-ring", "direct", 3, n=8, grid_points=12, seed=4, n_val=8, val_seed=4)
     with pytest.raises(ValueError, match="batch must be ≥ 0"):
         optimize("toy2d-ring", "direct", 3, n=8, grid_points=12, n_val=8, batch=-2)
+    with pytest.raises(ValueError, match="val_grid_points must be 0"):
+        optimize("toy2d-ring", "direct", 3, n=8, grid_points=12, n_val=8, val_grid_points=1)

@@ -33,7 +33,7 @@ from ..solvers.registry import canonical
 from .bound import bound_prop
 from .bound_step import SUPPORTED as STEP_SOLVERS
 from .bound_step import bound_step
-from .direct import RHOS, check_split, validated_fit
+from .direct import RHOS, check_split, validated_fit, validation_teacher
 from .gits import gits
 from .teacher import endpoint_error, teacher
 
@@ -75,7 +75,7 @@ def candidates(model, steps: int, solver: str = "euler", *, n: int = 128, grid_p
 def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points: int = 128, seed: int = 0,
          n_val: int = 128, val_seed: int = 2, adam: int = 60, lr: float = 0.05, adam_every: int = 5, batch: int = 0,
          polish: int = 200, check_every: int = 0, patience: int = 6, step_bound: bool | None = None,
-         **solver_opts) -> Schedule:
+         val_grid_points: int = 0, **solver_opts) -> Schedule:
     """The best of the candidates on validation latents, polished with early stopping (module doc).
 
     ``n``/``seed``: training latents (the teacher of the DPs and of the polish); ``n_val``/``val_seed``: the
@@ -84,11 +84,13 @@ def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points:
     validation check every ``adam_every`` (0: none); ``polish``: then
     at most this many Nelder–Mead evaluations (0: none), a check every ``check_every`` (default N + 1); both stop
     after ``patience`` checks without a validation improvement.  ``step_bound``: see :func:`candidates`.
+    ``val_grid_points``: the grid of the validation teacher (0: ``grid_points``;
+    :func:`~dpmsched.optimize.direct.validation_teacher`) — a coarser one is cheaper per latent, so more latents.
     """
-    check_split(seed, val_seed, batch, n)
+    check_split(seed, val_seed, batch, n, val_grid_points)
     t0 = time.perf_counter()
     T = teacher(model, n=n, grid_points=grid_points, seed=seed)
-    V = teacher(model, n=n_val, grid_points=grid_points, seed=val_seed)
+    V = validation_teacher(model, n_val, val_seed, grid_points, val_grid_points)
 
     def val(s):
         return endpoint_error(model, s, V.z, V.x[-1], solver, **solver_opts)
@@ -103,6 +105,7 @@ def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points:
                    "train_rmse": endpoint_error(model, s, T.z, T.x[-1], solver, **solver_opts), "objective": r["val"],
                    "polished": r["polished"], "adam_iters": r["adam_iters"], "polish_evals": r["evals"], "n": n,
                    "seed": seed, "n_val": n_val, "val_seed": val_seed, "batch": r["batch"],
+                   "val_grid_points": int(val_grid_points) or grid_points,
                    "teacher_seconds": T.seconds + V.seconds,
                    "seconds": time.perf_counter() - t0})
     return s

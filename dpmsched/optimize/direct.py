@@ -23,7 +23,8 @@ from .bound import bound_prop
 from .gits import gits
 from .teacher import endpoint_error, teacher
 
-__all__ = ["direct", "fit_logits", "validated_fit", "check_split", "karras_tuned", "hand_tuned"]
+__all__ = ["direct", "fit_logits", "validated_fit", "check_split", "validation_teacher", "karras_tuned",
+           "hand_tuned"]
 
 
 def fit_logits(model, z0: np.ndarray, z_train: torch.Tensor, x_train: torch.Tensor, lo: float, hi: float,
@@ -67,7 +68,8 @@ def fit_logits(model, z0: np.ndarray, z_train: torch.Tensor, x_train: torch.Tens
 
 def direct(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points: int = 128, seed: int = 0,
            iters: int = 60, lr: float = 0.05, init: str = "karras", polish: int = 300, progress: bool = False,
-           n_val: int = 0, val_seed: int = 3, batch: int = 0, patience: int = 6, **solver_opts) -> Schedule:
+           n_val: int = 0, val_seed: int = 3, batch: int = 0, patience: int = 6, val_grid_points: int = 0,
+           **solver_opts) -> Schedule:
     """Fit the schedule to the teacher endpoints of ``n`` training latents (seed ``seed``): ``iters``
     Adam steps through the solver, then (``polish`` > 0) Nelder–Mead with at most ``polish``
     evaluations from the Adam result and from the init; the best training RMSE wins.
@@ -81,10 +83,11 @@ def direct(model, steps: int, solver: str = "euler", *, n: int = 128, grid_point
     each stage stopped after ``patience`` checks without a validation improvement), and the result is the checkpoint
     with the lowest validation RMSE, the init included: on the validation latents it is never worse than its start.
     This is the benchmark's limit on the image models, where a fit to a few hundred latents overfits (docs/math.md
-    §8.4); ``meta["val_rmse"]`` is its validation RMSE."""
+    §8.4); ``meta["val_rmse"]`` is its validation RMSE.  ``val_grid_points``: the grid of the validation teacher
+    (:func:`validation_teacher`)."""
     t0 = time.perf_counter()
     if int(n_val) > 0:
-        check_split(seed, val_seed, batch, n)
+        check_split(seed, val_seed, batch, n, val_grid_points)
     T = teacher(model, n=n, grid_points=grid_points, seed=seed)
     lo, hi = float(T.grid[-1]), float(T.grid[0])
     if isinstance(init, (Schedule, np.ndarray, list, tuple)):
@@ -108,7 +111,7 @@ def direct(model, steps: int, solver: str = "euler", *, n: int = 128, grid_point
     else:
         raise ValueError(f"init must be 'karras', 'logsnr', 'best' or a Schedule, got {init!r}")
     if int(n_val) > 0:
-        V = teacher(model, n=n_val, grid_points=grid_points, seed=val_seed)
+        V = validation_teacher(model, n_val, val_seed, grid_points, val_grid_points)
         r = validated_fit(model, sig0, T, V, solver, adam=iters, lr=lr,
                           batch=batch, polish=polish, patience=patience, seed=seed, **solver_opts)
         rmse = endpoint_error(model, Schedule(r["sig"]), T.z, T.x[-1], solver, **solver_opts)
@@ -116,6 +119,7 @@ def direct(model, steps: int, solver: str = "euler", *, n: int = 128, grid_point
                                             "polished": r["polished"], "adam_iters": r["adam_iters"],
                                             "polish_evals": r["evals"], "iters": iters, "lr": lr, "init": init,
                                             "n": n, "seed": seed, "n_val": n_val, "val_seed": val_seed,
+                                            "val_grid_points": int(val_grid_points) or grid_points,
                                             "batch": r["batch"], "teacher_seconds": T.seconds + V.seconds,
                                             "seconds": time.perf_counter() - t0})
     sig, loss, hist = fit_logits(model, z0, T.z, T.x[-1], lo, hi, solver, iters, lr, n, seed, progress,
@@ -143,11 +147,23 @@ def _mini_batch(batch: int, n: int) -> int:
     return int(batch) or int(n)
 
 
-def check_split(seed: int, val_seed: int, batch: int, n: int) -> None:
-    """Refuse validation latents drawn with the training ``seed``, and a negative mini-batch (before any work)."""
+def check_split(seed: int, val_seed: int, batch: int, n: int, val_grid_points: int = 0) -> None:
+    """Refuse validation latents drawn with the training ``seed``, a negative mini-batch and a validation grid of
+    fewer than 3 points (0: the training grid) — before any work."""
     if int(val_seed) == int(seed):
         raise ValueError(f"val_seed must differ from seed ({seed}): the validation latents must be unseen")
     _mini_batch(batch, n)
+    if int(val_grid_points) != 0 and int(val_grid_points) < 3:
+        raise ValueError(f"val_grid_points must be 0 (the training grid) or ≥ 3, got {val_grid_points}")
+
+
+def validation_teacher(model, n_val: int, val_seed: int, grid_points: int, val_grid_points: int = 0):
+    """The teacher of the validation latents (``n_val`` of seed ``val_seed``), of which only the endpoints are used:
+    Heun on a Karras-ρ7 grid of ``val_grid_points`` points (0: the training teacher's ``grid_points``), 2G − 1
+    network calls a latent.  The endpoints alone need no fine grid: on digits-edm Heun on 32 points is 0.006 RMSE
+    from the accurate endpoint, on 64 points 0.0015 at twice the cost (``benchmarks/auto.md``), against schedule
+    errors of 0.025–0.2 — twice the validation latents for the same time."""
+    return teacher(model, n=n_val, grid_points=int(val_grid_points) or grid_points, seed=val_seed)
 
 
 def validated_fit(model, sig0, T, V, solver: str = "euler", *, adam: int = 60, lr: float = 0.05, adam_every: int = 5,
