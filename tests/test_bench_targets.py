@@ -4,6 +4,8 @@ training-free peer, (c) auto beats every other method and is within 3 % of the l
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from bench_schedules import issue_targets, limit_starts  # noqa: E402
@@ -62,3 +64,32 @@ def test_limit_starts_names_the_start_and_whether_the_fit_moved_it():
             ("hand-tuned", 5): hand, ("direct", 5): {"sigmas": [80.0, 1.5, 0.002], "limit": {"init": "schedule:hand-tuned"}},
             ("direct", 6): {"sigmas": [80.0, 1.5, 0.002]}}                      # an old row without limit info
     assert limit_starts(cell, [4, 5, 6]) == {4: "auto (kept)", 5: "hand-tuned (moved)"}
+    cell[("direct", 4)]["limit"]["refined"] = {"n": 512, "moved": True}
+    assert limit_starts(cell, [4])[4] == "auto (kept; the refine on 512 latents moved it)"
+
+
+def test_the_refined_limit_is_no_worse_on_its_validation_latents(tmp_path, monkeypatch):
+    """fit_limit's refine stage starts from the first fit and keeps it unless a checkpoint does better on the same
+    validation latents; both stages land in the limit cache, and a re-run reads them back unchanged."""
+    import bench_schedules as B
+
+    from dpmsched import Schedule
+    from dpmsched.denoisers import model_range
+    from dpmsched.models import load
+    from dpmsched.optimize.direct import validation_teacher
+    from dpmsched.optimize.teacher import endpoint_error
+
+    monkeypatch.setattr(B, "LIMITS", tmp_path / "limits.json")
+    model = load("toy2d-edm")
+    cfg = {"n": 16, "grid_points": 16, "direct": {"n": 16, "iters": 3, "polish": 6, "n_val": 16, "val_seed": 3,
+                                                  "refine": {"n": 32, "iters": 3, "polish": 6}}}
+    others = {"karras": Schedule.karras(4, *model_range(model))}
+    s, wall = B.fit_limit(model, "toy", cfg, "euler", 4, others)
+    ref = s.meta["refined"]
+    V = validation_teacher(model, 16, 3, 16)
+    first = endpoint_error(model, Schedule(ref["first_sigmas"]), V.z, V.x[-1], "euler")
+    assert endpoint_error(model, s, V.z, V.x[-1], "euler") <= first + 1e-12
+    cells = B._read_limits()["cells"]
+    assert set(cells) == {"toy|euler|4", "toy|euler|4|refine"} and cells["toy|euler|4|refine"]["settings"]["n"] == 32
+    again, _ = B.fit_limit(model, "toy", cfg, "euler", 4, others)
+    assert again.meta["cached"] and np.allclose(again.sigmas, s.sigmas, rtol=0, atol=0)
