@@ -66,6 +66,8 @@ def test_limit_starts_names_the_start_and_whether_the_fit_moved_it():
     assert limit_starts(cell, [4, 5, 6]) == {4: "auto (kept)", 5: "hand-tuned (moved)"}
     cell[("direct", 4)]["limit"]["refined"] = {"n": 512, "moved": True}
     assert limit_starts(cell, [4])[4] == "auto (kept; the refine on 512 latents moved it)"
+    cell[("direct", 4)]["limit"]["refined"]["n_val"] = 1024
+    assert limit_starts(cell, [4])[4] == "auto (kept; the refine on 512 latents, validated on 1024, moved it)"
 
 
 def test_the_refined_limit_is_no_worse_on_its_validation_latents(tmp_path, monkeypatch):
@@ -93,3 +95,23 @@ def test_the_refined_limit_is_no_worse_on_its_validation_latents(tmp_path, monke
     assert set(cells) == {"toy|euler|4", "toy|euler|4|refine"} and cells["toy|euler|4|refine"]["settings"]["n"] == 32
     again, _ = B.fit_limit(model, "toy", cfg, "euler", 4, others)
     assert again.meta["cached"] and np.allclose(again.sigmas, s.sigmas, rtol=0, atol=0)
+
+
+def test_recheck_scores_every_method_of_a_cell_on_fresh_latents():
+    """--recheck: every stored schedule of a cell on fresh latents, paired against the limit (0 ± 0 for itself),
+    rendered with the methods below the limit by more than one SE in bold; a cell not in the table is an error."""
+    import json
+
+    import bench_schedules as B
+    import pytest
+
+    res = {"toy2d-edm": json.loads((B.OUT / "schedules.json").read_text())["results"]["toy2d-edm"]}
+    B.recheck(res, "toy2d-edm:euler:4", n=64, seed=4)
+    per = res["toy2d-edm"]["recheck"]["cells"]["euler:4"]
+    table = {r["method"] for r in res["toy2d-edm"]["rows"] if (r["solver"], r["nfe"]) == ("euler", 4)}
+    assert set(per) == table and per["direct"]["vs_limit"] == 0 and per["direct"]["se"] == 0
+    assert all(v["err"] > 0 and v["se"] >= 0 for v in per.values())
+    md = "\n".join(B.recheck_md(res["toy2d-edm"], "toy2d-edm"))
+    assert md.count("**") == 2 * sum(v["vs_limit"] < -v["se"] for v in per.values())
+    with pytest.raises(ValueError, match="no rows"):
+        B.recheck(res, "toy2d-edm:euler:7", n=8, seed=4)
