@@ -34,6 +34,19 @@ def test_auto_is_never_worse_than_its_candidates_on_validation(model, solver, st
         assert s.meta["val_rmse"] == s.meta["candidates"][s.meta["choice"]]
 
 
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m"])
+def test_more_starts_are_never_worse_on_validation(solver):
+    """starts=2 polishes the two best candidates; the first is starts=1's run, so the result can only improve."""
+    one = optimize("toy2d-ring", "auto", 4, solver, **SMALL)
+    two = optimize("toy2d-ring", "auto", 4, solver, starts=2, **SMALL)
+    assert two.meta["starts"] == 2 and one.meta["starts"] == 1
+    assert two.meta["val_rmse"] <= one.meta["val_rmse"] + 1e-15
+    if two.meta["choice"] == one.meta["choice"]:
+        assert two.sigmas.tolist() == one.sigmas.tolist()
+    with pytest.raises(ValueError, match="starts=0"):
+        optimize("toy2d-ring", "auto", 4, solver, starts=0, **SMALL)
+
+
 def test_auto_refuses_a_negative_batch_and_a_validation_grid_of_two_points():
     with pytest.raises(ValueError, match="batch must be"):
         optimize(load("gauss1d"), "auto", 3, batch=-1, **SMALL)

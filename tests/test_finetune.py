@@ -213,6 +213,7 @@ _DDP_SCRIPT = textwrap.dedent("""
         out[loss] = torch.cat([p.detach().reshape(-1) for p in m.parameters()])
     if dist.get_rank() == 0:
         torch.save(out, {out!r})
+    dist.barrier()                  # no rank tears the group down while the other still uses it
     dist.destroy_process_group()
 """)
 

@@ -171,6 +171,7 @@ def main(argv: list[str]) -> int:
                        "config": asdict(cfg), "phase1": p1_opts}
             atomic_write_text(Path(a.out) / "summary.json", json.dumps(summary, indent=1))
             print(f"wrote {a.out}/model (finetuned for its schedule and solver) and {a.out}/summary.json")
+        barrier()                                  # no rank tears the group down while another still uses it
     finally:
         if started:
             import torch.distributed as dist

@@ -13,7 +13,8 @@
    or mini-batches of ``batch`` latents) through the solver (:func:`~dpmsched.optimize.direct.fit_logits`, LD3's
    descent; the current point is scored on the validation latents every ``adam_every`` steps), then Nelder–Mead from the best validation point (every
    ``check_every`` evaluations the best training point so far is scored; it finds what the gradient misses where
-   the loss has kinks).  ``patience`` checks without a validation improvement stop each stage.
+   the loss has kinks).  ``patience`` checks without a validation improvement stop each stage.  With ``starts`` > 1
+   each of that many best candidates is polished and the lowest validation error wins.
 
 The result is the schedule with the lowest validation error among the candidates and the polish checkpoints, so
 **by construction it is never worse than any candidate on the validation latents** (tested).  Judge it on a third,
@@ -75,7 +76,7 @@ def candidates(model, steps: int, solver: str = "euler", *, n: int = 128, grid_p
 def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points: int = 128, seed: int = 0,
          n_val: int = 128, val_seed: int = 2, adam: int = 60, lr: float = 0.05, adam_every: int = 5, batch: int = 0,
          polish: int = 200, check_every: int = 0, patience: int = 6, step_bound: bool | None = None,
-         val_grid_points: int = 0, **solver_opts) -> Schedule:
+         val_grid_points: int = 0, starts: int = 1, **solver_opts) -> Schedule:
     """The best of the candidates on validation latents, polished with early stopping (module doc).
 
     ``n``/``seed``: training latents (the teacher of the DPs and of the polish); ``n_val``/``val_seed``: the
@@ -86,7 +87,12 @@ def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points:
     after ``patience`` checks without a validation improvement.  ``step_bound``: see :func:`candidates`.
     ``val_grid_points``: the grid of the validation teacher (0: ``grid_points``;
     :func:`~dpmsched.optimize.direct.validation_teacher`) — a coarser one is cheaper per latent, so more latents.
+    ``starts``: polish this many of the best candidates on validation, each from its own start, and keep the
+    result with the lowest validation error (``starts`` × the polish's cost; the polish through a multistep solver
+    is path-dependent, so a second start can end elsewhere).
     """
+    if int(starts) < 1:
+        raise ValueError(f"starts={starts}: expected a positive number of candidates to polish")
     check_split(seed, val_seed, batch, n, val_grid_points)
     t0 = time.perf_counter()
     T = teacher(model, n=n, grid_points=grid_points, seed=seed)
@@ -97,11 +103,14 @@ def auto(model, steps: int, solver: str = "euler", *, n: int = 128, grid_points:
 
     cands = candidates(model, steps, solver, n=n, grid_points=grid_points, seed=seed, step_bound=step_bound)
     scores = {k: val(s) for k, s in cands.items()}
-    choice = min(scores, key=scores.get)
-    r = validated_fit(model, cands[choice].sigmas, T, V, solver, adam=adam, lr=lr, adam_every=adam_every, batch=batch,
-                      polish=polish, check_every=check_every, patience=patience, seed=seed, **solver_opts)
+    fits = {k: validated_fit(model, cands[k].sigmas, T, V, solver, adam=adam, lr=lr, adam_every=adam_every,
+                             batch=batch, polish=polish, check_every=check_every, patience=patience, seed=seed,
+                             **solver_opts)
+            for k in sorted(scores, key=scores.get)[:int(starts)]}
+    choice = min(fits, key=lambda k: fits[k]["val"])       # the first (best candidate) wins a tie
+    r = fits[choice]
     s = Schedule(r["sig"], "auto")
-    s.meta.update({"choice": choice, "candidates": scores, "val_rmse": r["val"],
+    s.meta.update({"choice": choice, "candidates": scores, "val_rmse": r["val"], "starts": len(fits),
                    "train_rmse": endpoint_error(model, s, T.z, T.x[-1], solver, **solver_opts), "objective": r["val"],
                    "polished": r["polished"], "adam_iters": r["adam_iters"], "polish_evals": r["evals"], "n": n,
                    "seed": seed, "n_val": n_val, "val_seed": val_seed, "batch": r["batch"],
