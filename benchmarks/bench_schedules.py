@@ -341,6 +341,10 @@ def recheck_md(d: dict, name: str) -> list[str]:
           f"table's held-out set used them), against the same accurate solve (reference {rc['reference_s']:.0f} s; "
           f"`{rc['command']}`). vs limit: RMSE − the limit's, ± its paired standard error; below the limit by more "
           "than one SE is in bold.", ""]
+    below = [f"{cell.replace(':', ' NFE ')} ({', '.join(m for m, v in per.items() if v['vs_limit'] < -v['se'])})"
+             for cell, per in rc["cells"].items() if any(v["vs_limit"] < -v["se"] for v in per.values())]
+    md += [f"A method below the limit by more than one SE in {len(below)} of {len(rc['cells'])} cells"
+           + (f": {'; '.join(below)}." if below else "."), ""]
     for cell, per in rc["cells"].items():
         solver, nfe = cell.split(":")
         rows = grid[(solver, int(nfe))]

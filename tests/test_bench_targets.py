@@ -112,6 +112,8 @@ def test_recheck_scores_every_method_of_a_cell_on_fresh_latents():
     assert set(per) == table and per["direct"]["vs_limit"] == 0 and per["direct"]["se"] == 0
     assert all(v["err"] > 0 and v["se"] >= 0 for v in per.values())
     md = "\n".join(B.recheck_md(res["toy2d-edm"], "toy2d-edm"))
-    assert md.count("**") == 2 * sum(v["vs_limit"] < -v["se"] for v in per.values())
+    below = sum(v["vs_limit"] < -v["se"] for v in per.values())
+    assert md.count("**") == 2 * below
+    assert f"more than one SE in {int(below > 0)} of 1 cells" in md
     with pytest.raises(ValueError, match="no rows"):
         B.recheck(res, "toy2d-edm:euler:7", n=8, seed=4)
