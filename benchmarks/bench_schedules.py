@@ -153,7 +153,7 @@ def fit_limit(model, name: str, cfg: dict, solver: str, steps: int, others: dict
     the same validation latents, so it is never worse there.  Each stage is cached in benchmarks/limits.json per
     cell and settings: a re-run with the same settings and starting schedule reuses the fit (``meta["cached"]``) and
     reports its original wall time; the seconds returned are both stages'."""
-    d = {k: v for k, v in cfg["direct"].items() if k != "refine"}
+    d = first_stage(cfg)
     n_pick, seed_pick = (d["n_val"], d["val_seed"]) if d.get("n_val") else (d["n"], 0)
     P = validation_teacher(model, n_pick, seed_pick, cfg["grid_points"], d.get("val_grid_points", 0))
     pick = {m: TT.endpoint_error(model, s, P.z, P.x[-1], solver) for m, s in others.items()}
@@ -163,10 +163,20 @@ def fit_limit(model, name: str, cfg: dict, solver: str, steps: int, others: dict
     if cfg["direct"].get("refine"):
         r = {**d, **cfg["direct"]["refine"]}
         s2, wall2 = _cached_direct(model, key + "|refine", cfg, solver, steps, r, start, s, None)   # own validation
-        s2.meta.update(refined={"n": r["n"], "n_val": r.get("n_val"), "moved": not np.allclose(s2.sigmas, s.sigmas, rtol=1e-9, atol=0),
+        s2.meta.update(refined={"n": r["n"], "n_val": r.get("n_val"), "moved": not same_sigmas(s2.sigmas, s.sigmas),
                                 "first_sigmas": [float(v) for v in s.sigmas], "first_seconds": wall})
         s, wall = s2, wall + wall2
     return s, wall
+
+
+def first_stage(cfg: dict) -> dict:
+    """The direct options of an entry's limit without its ``refine`` stage."""
+    return {k: v for k, v in cfg["direct"].items() if k != "refine"}
+
+
+def same_sigmas(a, b) -> bool:
+    """Whether two schedules' σ are the same up to a logit round trip (~1e-15 relative): a fit that kept its start."""
+    return bool(np.allclose(a, b, rtol=1e-9, atol=0))
 
 
 def _cached_direct(model, key: str, cfg: dict, solver: str, steps: int, d: dict, start: str, init, pick_rmse):
@@ -273,7 +283,7 @@ def limit_check(res: dict, spec: str, n: int, iters: int, polish: int) -> None:
         raise ValueError(f"--limit-check {spec}: no rows for {solver} at NFE {nfe}")
     model = load_entry(name, cfg)
     zr, xr = TT.reference_endpoints(model, n=cfg["heldout"], seed=1, steps=cfg["ref_steps"])
-    budget = {**{k: v for k, v in cfg["direct"].items() if k != "refine"}, "n": n, "iters": iters, "polish": polish}
+    budget = {**first_stage(cfg), "n": n, "iters": iters, "polish": polish}
     t0 = time.perf_counter()
     s = optimize(model, "direct", nfe, solver, **{**method_options(cfg, "direct"), **budget},
                  init=Schedule(rows["direct"]["sigmas"], "limit"))
@@ -317,13 +327,18 @@ def recheck(res: dict, spec: str, n: int, seed: int) -> None:
         rows = grid[(solver, nfe)]
         per = {m: metrics.truncation_error(_solve(model, Schedule(r["sigmas"]), zr, solver), xr, per_sample=True)
                for m, r in rows.items()}
-        out["cells"][f"{solver}:{nfe}"] = {m: {"err": metrics.rmse_se(v)[0], **dict(zip(
+        got = out["cells"][f"{solver}:{nfe}"] = {m: {"err": metrics.rmse_se(v)[0], **dict(zip(
             ("vs_limit", "se"), metrics.paired_rmse_difference(v, per["direct"])))} for m, v in per.items()}
-        worst = min((m for m in per if m != "direct"), key=lambda m: out["cells"][f"{solver}:{nfe}"][m]["vs_limit"])
-        c = out["cells"][f"{solver}:{nfe}"][worst]
+        worst = min((m for m in got if m != "direct"), key=lambda m: got[m]["vs_limit"])
+        c = got[worst]
         print(f"recheck {name} {solver} NFE {nfe} on {n} fresh latents: lowest vs the limit {worst} "
               f"{c['vs_limit']:+.4f} ± {c['se']:.4f}", flush=True)
     d["recheck"] = out
+
+
+def below_limit(diff: float, se: float) -> bool:
+    """A method beats the limit: its paired difference to it is below −1 SE."""
+    return diff < -se
 
 
 def _vs(diff: float, se: float, limit: float) -> str:
@@ -341,8 +356,8 @@ def recheck_md(d: dict, name: str) -> list[str]:
           f"table's held-out set used them), against the same accurate solve (reference {rc['reference_s']:.0f} s; "
           f"`{rc['command']}`). vs limit: RMSE − the limit's, ± its paired standard error; below the limit by more "
           "than one SE is in bold.", ""]
-    below = [f"{cell.replace(':', ' NFE ')} ({', '.join(m for m, v in per.items() if v['vs_limit'] < -v['se'])})"
-             for cell, per in rc["cells"].items() if any(v["vs_limit"] < -v["se"] for v in per.values())]
+    beats = {cell: [m for m, v in per.items() if below_limit(v["vs_limit"], v["se"])] for cell, per in rc["cells"].items()}
+    below = [f"{cell.replace(':', ' NFE ')} ({', '.join(ms)})" for cell, ms in beats.items() if ms]
     md += [f"A method below the limit by more than one SE in {len(below)} of {len(rc['cells'])} cells"
            + (f": {'; '.join(below)}." if below else "."), ""]
     for cell, per in rc["cells"].items():
@@ -351,7 +366,7 @@ def recheck_md(d: dict, name: str) -> list[str]:
         md += [f"### {solver}, NFE {nfe}", ""]
         md += md_table(["method", "held-out err (table)", f"fresh err ({rc['n']})", "fresh vs limit"], [
             (m, f"{rows[m]['err']:.4f}", f"{v['err']:.4f}",
-             (lambda t: f"**{t}**" if v["vs_limit"] < -v["se"] else t)(_vs(v["vs_limit"], v["se"], per["direct"]["err"])))
+             (lambda t: f"**{t}**" if m in beats[cell] else t)(_vs(v["vs_limit"], v["se"], per["direct"]["err"])))
             for m, v in per.items()]) + [""]
     return md
 
@@ -377,7 +392,7 @@ def issue_targets(res: dict, models=("digits-edm", "toy2d-edm"), slack: float = 
         a_fail, b, c_fail = [], {}, []
         for (solver, nfe), rows in cells.items():
             worst = min((r for m, r in rows.items() if m != "direct"), key=lambda r: r["vs_limit"] / max(r["vs_limit_se"], 1e-300))
-            if worst["vs_limit"] < -worst["vs_limit_se"]:
+            if below_limit(worst["vs_limit"], worst["vs_limit_se"]):
                 a_fail.append(f"{solver} NFE {nfe}: {worst['method']} "
                               f"{_vs(worst['vs_limit'], worst['vs_limit_se'], rows['direct']['err'])}")
             best = min((m for m in BOUNDS if m in rows), key=lambda m: rows[m]["err"])
@@ -526,7 +541,7 @@ def limit_starts(cell: dict, nfes) -> dict:
         init = (r.get("limit") or {}).get("init") or ""
         start = cell.get((init.removeprefix("schedule:"), n))
         if start is not None:
-            kept = np.allclose(start["sigmas"], r["sigmas"], rtol=1e-9, atol=0)    # a logit round trip is ~1e-15
+            kept = same_sigmas(start["sigmas"], r["sigmas"])
             ref = (r.get("limit") or {}).get("refined")
             tail = "" if not ref else (f"; the refine on {ref['n']} latents{_validated_on(ref)} "
                                        f"{'moved' if ref['moved'] else 'kept'} it")
